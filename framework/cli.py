@@ -31,7 +31,11 @@ app.add_typer(prompts_app, name="prompts")
 
 WorkspaceOpt = Annotated[
     Path | None,
-    typer.Option("--workspace", "-w", help="research repository (default: the enclosing git repo of the current directory)"),
+    typer.Option(
+        "--workspace",
+        "-w",
+        help="research repository (default: the enclosing git repo of the current directory)",
+    ),
 ]
 
 
@@ -91,7 +95,9 @@ def config_show(
 @config_app.command("init")
 def config_init(
     workspace: WorkspaceOpt = None,
-    user: Annotated[bool, typer.Option("--user", help="write the user file instead of the workspace file")] = False,
+    user: Annotated[
+        bool, typer.Option("--user", help="write the user file instead of the workspace file")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
 ) -> None:
     """Write a commented config file with every setting at its default."""
@@ -118,8 +124,13 @@ def prompts_list(workspace: WorkspaceOpt = None) -> None:
 
 @prompts_app.command("render")
 def prompts_render(
-    tool: Annotated[str, typer.Option("--tool", "-t", help="claude, codex, gemini or opencode")] = "",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="directory to write into (default: the workspace)")] = None,
+    tool: Annotated[
+        str, typer.Option("--tool", "-t", help="claude, codex, gemini or opencode")
+    ] = "",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="directory to write into (default: the workspace)"),
+    ] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Render the methodology into the files the chosen agent reads."""
@@ -129,7 +140,9 @@ def prompts_render(
     target = out or loaded.workspace
     assert target is not None
     try:
-        written = render_for_tool(loaded.settings, loaded.settings.agent.tool, target, loaded.workspace)
+        written = render_for_tool(
+            loaded.settings, loaded.settings.agent.tool, target, loaded.workspace
+        )
     except PromptError as exc:
         raise fail(str(exc)) from None
     for path in written:
@@ -138,7 +151,9 @@ def prompts_render(
 
 @app.command("init")
 def init(
-    path: Annotated[Path, typer.Argument(help="research repository to set up (created if missing)")] = Path("."),
+    path: Annotated[
+        Path, typer.Argument(help="research repository to set up (created if missing)")
+    ] = Path("."),
     tool: Annotated[str, typer.Option("--tool", "-t", help="agent whose files to render")] = "",
     force: Annotated[bool, typer.Option("--force", help="overwrite files you have edited")] = False,
 ) -> None:
@@ -161,7 +176,13 @@ def _register_areas() -> None:
     from framework.sandbox import commands as sandbox_commands
     from framework.testing import commands as testing_commands
 
-    for area in (sandbox_commands, dispatch_commands, ledger_commands, audit_commands, testing_commands):
+    for area in (
+        sandbox_commands,
+        dispatch_commands,
+        ledger_commands,
+        audit_commands,
+        testing_commands,
+    ):
         area.register(app)
 
 

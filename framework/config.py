@@ -33,6 +33,7 @@ AgentTool = Literal["claude", "codex", "gemini", "opencode"]
 RuntimeName = Literal["bwrap", "docker", "podman", "apptainer"]
 NetworkPolicy = Literal["none", "allowlist", "open"]
 ExecutorName = Literal["local", "slurm"]
+MethodologyModule = Literal["math", "compute", "multinode"]
 
 DEFAULT_DEFAULT_LAYER = "default"
 
@@ -87,7 +88,9 @@ class AgentSettings(_Section):
         ],
         description="names of host variables passed into the sandbox when set (never values in files)",
     )
-    extra_args: list[str] = Field(default_factory=list, description="arguments appended to the agent CLI")
+    extra_args: list[str] = Field(
+        default_factory=list, description="arguments appended to the agent CLI"
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -100,11 +103,20 @@ class AgentSettings(_Section):
 
 class SandboxSettings(_Section):
     runtime: RuntimeName = "bwrap"
-    image: str = Field(default="agentic-researcher:latest", description="container image (docker/podman) or .sif (apptainer)")
-    gpus: str = Field(default="none", description="'none', 'all', a count like '2', or device ids like '0,1'")
+    image: str = Field(
+        default="agentic-researcher:latest",
+        description="container image (docker/podman) or .sif (apptainer)",
+    )
+    gpus: str = Field(
+        default="none", description="'none', 'all', a count like '2', or device ids like '0,1'"
+    )
     network: NetworkPolicy = "allowlist"
     network_allowlist: list[str] = Field(
-        default_factory=lambda: ["api.anthropic.com", "api.openai.com", "generativelanguage.googleapis.com"],
+        default_factory=lambda: [
+            "api.anthropic.com",
+            "api.openai.com",
+            "generativelanguage.googleapis.com",
+        ],
         description="domains reachable over HTTPS through the egress proxy when network = 'allowlist'",
     )
     mounts: list[Mount] = Field(default_factory=list)
@@ -129,7 +141,9 @@ class SandboxSettings(_Section):
             return value
         if re.fullmatch(r"-\d+", value):
             raise ValueError(f"GPU count must not be negative, got {value}")
-        raise ValueError(f"expected 'none', 'all', a count or a list of device ids like '0,1', got {value!r}")
+        raise ValueError(
+            f"expected 'none', 'all', a count or a list of device ids like '0,1', got {value!r}"
+        )
 
     @field_validator("network_allowlist")
     @classmethod
@@ -150,23 +164,38 @@ class ClusterSettings(_Section):
     cpus_per_task: int = Field(default=1, ge=1)
     max_nodes: int = Field(default=1, ge=1)
     max_array: int = Field(default=1000, ge=1)
-    local_devices: list[str] = Field(default_factory=list, description="GPU ids the local executor schedules onto")
-    local_workers: int = Field(default=0, ge=0, description="concurrent CPU-only jobs for the local executor (0 = number of CPUs)")
+    local_devices: list[str] = Field(
+        default_factory=list, description="GPU ids the local executor schedules onto"
+    )
+    local_workers: int = Field(
+        default=0,
+        ge=0,
+        description="concurrent CPU-only jobs for the local executor (0 = number of CPUs)",
+    )
 
 
 class LedgerSettings(_Section):
-    url: str | None = Field(default=None, description="sqlite:///path or postgresql://...; default: ledger.sqlite in the state dir")
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///path or postgresql://...; default: ledger.sqlite in the state dir",
+    )
 
 
 class ResearchSettings(_Section):
     time_budget_hours: float = Field(default=24.0, gt=0)
     gpu_hours_budget: float | None = Field(default=None, ge=0)
     protected_paths: list[str] = Field(
-        default_factory=lambda: ["eval/", "tests/data/", ".git/hooks/", ".git/config", ".agentic-researcher/"],
+        default_factory=lambda: [
+            "eval/",
+            "tests/data/",
+            ".git/hooks/",
+            ".git/config",
+            ".agentic-researcher/",
+        ],
         description="workspace-relative paths mounted read-only and checked by the audit",
     )
-    modules: list[Literal["math", "compute", "multinode"]] = Field(
-        default_factory=lambda: ["compute"],
+    modules: list[MethodologyModule] = Field(
+        default_factory=lambda: list[MethodologyModule](["compute"]),
         description="methodology modules rendered in addition to the core rules",
     )
     package_manager: Literal["uv", "pip"] = "uv"
@@ -176,7 +205,9 @@ class ResearchSettings(_Section):
     def _relative(cls, paths: list[str]) -> list[str]:
         for p in paths:
             if p.startswith("/") or ".." in Path(p).parts:
-                raise ValueError(f"protected paths are relative to the workspace and stay inside it, got {p!r}")
+                raise ValueError(
+                    f"protected paths are relative to the workspace and stay inside it, got {p!r}"
+                )
         return paths
 
 
@@ -190,7 +221,10 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     research: ResearchSettings = Field(default_factory=ResearchSettings)
-    state_dir: Path | None = Field(default=None, description="host directory for ledger, sessions and agent state; default under $XDG_STATE_HOME")
+    state_dir: Path | None = Field(
+        default=None,
+        description="host directory for ledger, sessions and agent state; default under $XDG_STATE_HOME",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -250,7 +284,9 @@ def workspace_config_path(workspace: Path) -> Path:
 def default_state_dir(workspace: Path | None, environ: Mapping[str, str] | None = None) -> Path:
     """Per-project state outside the workspace, so the sandbox (which mounts the workspace) cannot reach it."""
     env = os.environ if environ is None else environ
-    base = Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME", str(Path.home()))) / ".local" / "state")
+    base = Path(
+        env.get("XDG_STATE_HOME") or Path(env.get("HOME", str(Path.home()))) / ".local" / "state"
+    )
     root = base / "agentic-researcher"
     if workspace is None:
         return root / "default"
@@ -287,7 +323,9 @@ def _parse_env_value(raw: str, annotation: Any) -> Any:
     """Env values are strings; lists and dicts may be JSON, lists also comma-separated."""
     text = raw.strip()
     origin = getattr(annotation, "__origin__", None)
-    if origin in (list, dict) or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+    if origin in (list, dict) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    ):
         if text.startswith(("[", "{")):
             try:
                 return json.loads(text)
@@ -420,25 +458,29 @@ def commented_template() -> str:
     """A config.toml with every setting commented out at its default, described from the model."""
     lines = [
         "# agentic-researcher configuration.",
-        "# Precedence: defaults < ~/.config/agentic-researcher/config.toml < <workspace>/.agentic-researcher/config.toml",
+        "# Precedence: defaults < ~/.config/agentic-researcher/config.toml"
+        " < <workspace>/.agentic-researcher/config.toml",
         "#             < AR_<SECTION>__<KEY> environment variables < command-line flags.",
         "# Uncomment a line to change it. `agentic-researcher config show` prints the merged result.",
         "",
     ]
-    defaults = Settings().model_dump(mode="json", exclude_none=False)
-    for section, fld in Settings.model_fields.items():
+    defaults = Settings().model_dump(mode="json")
+    sections: list[tuple[str, type[BaseModel]]] = []
+    for name, fld in Settings.model_fields.items():
         ann = fld.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines.append(f"[{section}]")
-            for key, subfld in ann.model_fields.items():
-                if subfld.description:
-                    lines.append(f"# {subfld.description}")
-                lines.append(f"# {key} = {_toml_value(defaults[section][key])}")
-            lines.append("")
-        else:
-            if fld.description:
-                lines.insert(5, f"# {fld.description}")
-            lines.insert(6, f"# {section} = {_toml_value(defaults[section])}\n")
+            sections.append((name, ann))
+            continue
+        if fld.description:
+            lines.append(f"# {fld.description}")
+        lines += [f"# {name} = {_toml_value(defaults[name])}", ""]
+    for name, model in sections:
+        lines.append(f"[{name}]")
+        for key, subfld in model.model_fields.items():
+            if subfld.description:
+                lines.append(f"# {subfld.description}")
+            lines.append(f"# {key} = {_toml_value(defaults[name][key])}")
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -79,7 +79,4 @@ class Workspace:
     def is_protected(self, path: Path) -> bool:
         target = path if path.is_absolute() else self.root / path
         target = Path(*target.parts)
-        for p in self.protected():
-            if target == p or p in target.parents:
-                return True
-        return False
+        return any(target == p or p in target.parents for p in self.protected())

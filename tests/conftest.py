@@ -12,7 +12,9 @@ REAL_COMPONENT_MARKERS = {"bwrap", "docker", "slurm", "agent_cli", "browser", "p
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, None, None]:
     outcome = yield
     report = outcome.get_result()
     if not IN_CI or not report.skipped or hasattr(report, "wasxfail"):
