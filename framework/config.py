@@ -75,7 +75,9 @@ class Mount(_Section):
 
 
 class AgentSettings(_Section):
-    tool: AgentTool = "claude"
+    tool: AgentTool = Field(
+        default="claude", description="agent CLI: claude, codex, gemini or opencode"
+    )
     model: str | None = Field(default=None, description="model name passed to the agent CLI")
     api_key_env: list[str] = Field(
         default_factory=lambda: [
@@ -102,7 +104,9 @@ class AgentSettings(_Section):
 
 
 class SandboxSettings(_Section):
-    runtime: RuntimeName = "bwrap"
+    runtime: RuntimeName = Field(
+        default="bwrap", description="sandbox runtime: bwrap, docker, podman or apptainer"
+    )
     image: str = Field(
         default="agentic-researcher:latest",
         description="container image (docker/podman) or .sif (apptainer)",
@@ -110,7 +114,10 @@ class SandboxSettings(_Section):
     gpus: str = Field(
         default="none", description="'none', 'all', a count like '2', or device ids like '0,1'"
     )
-    network: NetworkPolicy = "allowlist"
+    network: NetworkPolicy = Field(
+        default="allowlist",
+        description="none (loopback only), allowlist (HTTPS to listed domains via the egress proxy) or open",
+    )
     network_allowlist: list[str] = Field(
         default_factory=lambda: [
             "api.anthropic.com",
@@ -119,15 +126,22 @@ class SandboxSettings(_Section):
         ],
         description="domains reachable over HTTPS through the egress proxy when network = 'allowlist'",
     )
-    mounts: list[Mount] = Field(default_factory=list)
+    mounts: list[Mount] = Field(
+        default_factory=list,
+        description="extra mounts: tables with source, target (optional) and read_only",
+    )
     env_allowlist: list[str] = Field(
         default_factory=lambda: ["LANG", "LC_ALL", "TERM", "TZ", "COLORTERM"],
         description="host variables copied into the sandbox when set",
     )
     env: dict[str, str] = Field(default_factory=dict, description="explicit variables set inside")
-    pids_limit: int = Field(default=4096, ge=16)
-    memory_gb: float | None = Field(default=None, gt=0)
-    cpus: float | None = Field(default=None, gt=0)
+    pids_limit: int = Field(
+        default=4096, ge=16, description="maximum number of processes inside the sandbox"
+    )
+    memory_gb: float | None = Field(
+        default=None, gt=0, description="memory limit in GiB (unset: no limit)"
+    )
+    cpus: float | None = Field(default=None, gt=0, description="CPU limit (unset: no limit)")
 
     @field_validator("gpus")
     @classmethod
@@ -155,15 +169,23 @@ class SandboxSettings(_Section):
 
 
 class ClusterSettings(_Section):
-    executor: ExecutorName = "local"
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_minutes: int = Field(default=60, gt=0)
-    gpus_per_node: int = Field(default=0, ge=0)
-    cpus_per_task: int = Field(default=1, ge=1)
-    max_nodes: int = Field(default=1, ge=1)
-    max_array: int = Field(default=1000, ge=1)
+    executor: ExecutorName = Field(
+        default="local", description="where remote-run jobs go: local or slurm"
+    )
+    partition: str | None = Field(default=None, description="Slurm partition")
+    account: str | None = Field(default=None, description="Slurm account")
+    qos: str | None = Field(default=None, description="Slurm QoS")
+    time_minutes: int = Field(
+        default=60, gt=0, description="default time limit of a job in minutes"
+    )
+    gpus_per_node: int = Field(default=0, ge=0, description="GPUs per cluster node")
+    cpus_per_task: int = Field(default=1, ge=1, description="default CPUs per task")
+    max_nodes: int = Field(
+        default=1, ge=1, description="largest number of nodes one job may ask for"
+    )
+    max_array: int = Field(
+        default=1000, ge=1, description="largest job array one request may submit"
+    )
     local_devices: list[str] = Field(
         default_factory=list, description="GPU ids the local executor schedules onto"
     )
@@ -182,8 +204,12 @@ class LedgerSettings(_Section):
 
 
 class ResearchSettings(_Section):
-    time_budget_hours: float = Field(default=24.0, gt=0)
-    gpu_hours_budget: float | None = Field(default=None, ge=0)
+    time_budget_hours: float = Field(
+        default=24.0, gt=0, description="wall-clock budget of a session, stated to the agent"
+    )
+    gpu_hours_budget: float | None = Field(
+        default=None, ge=0, description="GPU-hour budget stated to the agent (unset: none)"
+    )
     protected_paths: list[str] = Field(
         default_factory=lambda: [
             "eval/",
@@ -198,7 +224,9 @@ class ResearchSettings(_Section):
         default_factory=lambda: list[MethodologyModule](["compute"]),
         description="methodology modules rendered in addition to the core rules",
     )
-    package_manager: Literal["uv", "pip"] = "uv"
+    package_manager: Literal["uv", "pip"] = Field(
+        default="uv", description="what the research repo uses; the audit flags the other one"
+    )
 
     @field_validator("protected_paths")
     @classmethod

@@ -248,3 +248,11 @@ def test_config_init_writes_once_and_refuses_to_overwrite(
     third = runner.invoke(app, ["config", "init", "--user"])
     assert third.exit_code == 0
     assert (Path(env["XDG_CONFIG_HOME"]) / "agentic-researcher" / "config.toml").is_file()
+
+
+def test_configuration_doc_lists_every_setting() -> None:
+    from tests.support import REPO_ROOT
+
+    doc = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    for key, _value, _source in describe(load_settings(environ={"HOME": "/nonexistent"})):
+        assert f"`{key}`" in doc, f"docs/configuration.md does not document {key}"
