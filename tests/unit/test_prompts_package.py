@@ -1,0 +1,146 @@
+"""The wheel carries the templates (and container/), so rendering works from any directory.
+
+Both tests build from a copy of the sources in a temporary directory, because setuptools writes
+build/ and *.egg-info into the source tree it builds from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+PACKAGED_DIRS = ("framework", "prompts", "container", "experiments")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(REPO_ROOT / "pyproject.toml", src)
+    readme = REPO_ROOT / "README.md"
+    if readme.exists():
+        shutil.copy2(readme, src)
+    else:  # pyproject names a readme; the lead's README may not exist yet in this checkout
+        (src / "README.md").write_text("agentic-researcher\n")
+    for name in PACKAGED_DIRS:
+        if (REPO_ROOT / name).is_dir():
+            shutil.copytree(REPO_ROOT / name, src / name, ignore=IGNORED)
+    dist = tmp_path / "dist"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        str(src),
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(dist),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
+    wheels = list(dist.glob("agentic_researcher-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def source_files(directory: str) -> set[str]:
+    root = REPO_ROOT / directory
+    if not root.is_dir():
+        return set()
+    return {
+        p.relative_to(REPO_ROOT).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.mark.slow
+def test_wheel_contains_every_template(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    templates = {f for f in source_files("prompts") if f.endswith(".j2")}
+    assert len(templates) >= 10, "expected the methodology templates in prompts/"
+    assert templates <= names, f"missing from the wheel: {sorted(templates - names)}"
+    assert "prompts/__init__.py" in names
+
+
+@pytest.mark.slow
+def test_wheel_contains_everything_under_container(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = source_files("container") - names
+    assert not missing, (
+        f"container/ files missing from the wheel: {sorted(missing)}; extend "
+        "[tool.setuptools.package-data] in pyproject.toml to cover them"
+    )
+
+
+@pytest.mark.slow
+def test_installed_wheel_renders_codex_prompts_from_the_filesystem_root(
+    wheel: Path, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # Dependencies come from the test interpreter's site-packages (no downloads); the package
+    # itself only from the wheel, which sits earlier on sys.path than this appended directory.
+    new_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(new_site) / "deps-from-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AR_")}
+    env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"))
+    where = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import framework, prompts; print(framework.__file__); print(prompts.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+        env=env,
+    ).stdout.split()
+    assert all(path.startswith(str(venv)) for path in where), (
+        f"imported from outside the venv: {where}"
+    )
+
+    out = tmp_path / "x"
+    cli = venv / "bin" / "agentic-researcher"
+    result = subprocess.run(
+        [str(cli), "prompts", "render", "--tool", "codex", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        (out / "AGENTS.md")
+        .read_text()
+        .startswith("<!-- Generated by agentic-researcher for Codex.")
+    )
+    assert (out / ".agents" / "skills" / "research-plan" / "SKILL.md").is_file()
+    assert (out / ".codex" / "prompts" / "update-baseline.md").is_file()
