@@ -9,6 +9,8 @@ venv:
 	bash scripts/bootstrap.sh
 
 demo: venv
+	bash .ci/components/10-bwrap.sh
+	bash .ci/components/60-agent-clis.sh
 	$(PY) -m framework.demo $(DEMO_ARGS)
 
 test: venv

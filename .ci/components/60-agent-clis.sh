@@ -4,7 +4,8 @@
 # refuses --dangerously-skip-permissions as root). Idempotent: skips what is already in place.
 set -euo pipefail
 
-PREFIX="${AGENT_CLIS_PREFIX:-/opt/agent-clis}"
+# Under /usr so the bubblewrap sandbox, which mounts the host /usr read-only, sees the CLIs too.
+PREFIX="${AGENT_CLIS_PREFIX:-/usr/local/lib/agent-clis}"
 RUN_USER="${AGENT_CLIS_USER:-ar-agent}"
 PACKAGES=(
     "@anthropic-ai/claude-code@2.1.330"
