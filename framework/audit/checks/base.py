@@ -1,0 +1,164 @@
+"""Findings, severities, the audit configuration and the shape every check has."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from framework.audit.events import Event, EventKind, EventRecord
+from framework.audit.ledger import LedgerRun
+from framework.workspace import Workspace
+
+MAX_FINDINGS_PER_CHECK = 200
+"""Findings kept per check; the rest are counted (``suppressed``) so a runaway loop cannot fill memory."""
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return ("info", "warning", "error").index(self.value)
+
+
+class Finding(BaseModel):
+    """One rule broken (or worth a look), pointing at the event that shows it when there is one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    check: str
+    severity: Severity
+    message: str
+    event: EventRecord | None = None
+    evidence: str | None = None
+
+    @property
+    def anchor(self) -> str | None:
+        return self.event.anchor if self.event is not None else None
+
+
+DEFAULT_EVALUATION_PATTERNS = [
+    "eval/*",
+    "*/eval/*",
+    "evaluation/*",
+    "*/evaluation/*",
+    "*eval*.py",
+    "*evaluate*",
+    "*benchmark*/data/*",
+    "tests/data/*",
+    "*/test_data/*",
+]
+
+
+class AuditConfig(BaseModel):
+    """What the checks look for. Built from :class:`framework.config.Settings` plus audit options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protected_paths: list[str] = Field(
+        default_factory=lambda: ["eval/", "tests/data/", ".git/hooks/", ".git/config"]
+    )
+    evaluation_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EVALUATION_PATTERNS)
+    )
+    package_manager: str = "uv"
+    network_policy: str = "allowlist"
+    idle_gap_minutes: float = Field(default=30.0, gt=0)
+    loop_threshold: int = Field(default=3, ge=2)
+    report_tex: str = "report.tex"
+    disabled: list[str] = Field(default_factory=list, description="check ids to skip")
+    severity: dict[str, Severity] = Field(
+        default_factory=dict, description="severity overrides by check id"
+    )
+
+
+@dataclass
+class CheckContext:
+    """What checks may consult besides the events: the workspace, settings and the session's runs."""
+
+    config: AuditConfig
+    workspace: Workspace
+    runs: list[LedgerRun] | None = None
+    events_seen: int = 0
+    files_changed: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._root = self.workspace.root.as_posix().rstrip("/") + "/"
+        self._protected = [posixpath.normpath(p) for p in self.config.protected_paths]
+
+    def relative(self, path: str | None) -> str | None:
+        """``path`` relative to the workspace root (normalized), or None when it lies outside."""
+        if not path:
+            return None
+        if path.startswith("/"):
+            if not path.startswith(self._root):
+                return None
+            path = path[len(self._root) :]
+        rel = posixpath.normpath(path)
+        return None if rel.startswith("../") or rel == ".." else rel
+
+    def is_protected(self, rel: str) -> bool:
+        """Same rule as :meth:`Workspace.is_protected` on a workspace-relative path, without pathlib
+        (this runs for every written path of a long session)."""
+        return any(rel == p or rel.startswith(p + "/") for p in self._protected)
+
+
+class Check(Protocol):
+    """A rule. Streaming checks see each event once (``observe``); all report in ``finish``."""
+
+    id: str
+    severity: Severity
+    title: str
+    kinds: frozenset[EventKind]
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None: ...
+
+    def finish(self, ctx: CheckContext) -> list[Finding]: ...
+
+
+class StreamingCheck:
+    """Base for checks that collect findings while events stream by."""
+
+    id = ""
+    severity = Severity.WARNING
+    title = ""
+    kinds: frozenset[EventKind] = frozenset()
+
+    def __init__(self) -> None:
+        self.found: list[Finding] = []
+        self.suppressed = 0
+
+    def flag(self, event: Event | None, message: str, evidence: str | None = None) -> None:
+        if len(self.found) >= MAX_FINDINGS_PER_CHECK:
+            self.suppressed += 1
+            return
+        record = EventRecord.of(event) if event is not None else None
+        self.found.append(
+            Finding(
+                check=self.id,
+                severity=self.severity,
+                message=message,
+                event=record,
+                evidence=evidence,
+            )
+        )
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        return None
+
+    def finish(self, ctx: CheckContext) -> list[Finding]:
+        if self.suppressed:
+            self.found.append(
+                Finding(
+                    check=self.id,
+                    severity=self.severity,
+                    message=f"{self.suppressed} more findings of this check were not listed",
+                )
+            )
+        return self.found

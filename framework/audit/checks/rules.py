@@ -1,0 +1,365 @@
+"""Checks that look at the events as they stream: files, git, packages, network, behaviour."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+
+from framework.audit.checks.base import CheckContext, Finding, Severity, StreamingCheck
+from framework.audit.checks.shell import git_subcommand
+from framework.audit.events import Event, EventKind, EventRecord
+
+WRITE_PROGRAMS = frozenset(
+    {
+        "rm",
+        "rmdir",
+        "mv",
+        "cp",
+        "tee",
+        "truncate",
+        "touch",
+        "chmod",
+        "chown",
+        "ln",
+        "unlink",
+        "shred",
+        "dd",
+        "install",
+        "rsync",
+    }
+)
+NETWORK_PROGRAMS = frozenset(
+    {
+        "curl",
+        "wget",
+        "ssh",
+        "scp",
+        "sftp",
+        "ftp",
+        "nc",
+        "ncat",
+        "netcat",
+        "telnet",
+        "aria2c",
+        "http",
+        "https",
+        "lynx",
+        "links",
+    }
+)
+NETWORK_GIT = frozenset({"clone", "fetch", "pull", "push", "ls-remote", "submodule"})
+NETWORK_INSTALLERS = {
+    "pip": "install",
+    "pip3": "install",
+    "npm": "install",
+    "apt-get": "install",
+    "apt": "install",
+    "uv": "add",
+}
+WEB_TOOLS = frozenset({"webfetch", "websearch", "web_fetch", "web_search", "google_web_search"})
+SHELL = frozenset({EventKind.SHELL_COMMAND})
+EDITS = frozenset({EventKind.SHELL_COMMAND, EventKind.FILE_EDIT})
+SHELL_WORDS = re.compile(
+    r"\b(?:git|pip3?|npm|apt|apt-get|uv|sed|"
+    + "|".join(sorted(re.escape(w) for w in WRITE_PROGRAMS | NETWORK_PROGRAMS))
+    + r")\b|>"
+)
+"""A command matching none of these words has nothing any shell check looks for, so it is not
+tokenized: the cheap test that keeps long sessions fast."""
+
+
+def _changed_paths(event: Event, argv: list[list[str]] | None) -> list[tuple[str, str]]:
+    """``(path, how)`` for every file an edit or a shell command writes, moves or deletes."""
+    if event.kind is EventKind.FILE_EDIT and event.path:
+        return [(event.path, event.op or "edit")]
+    found: list[tuple[str, str]] = []
+    for words in argv or ():
+        if not words:
+            continue
+        program, args = words[0], [w for w in words[1:] if not w.startswith("-")]
+        if program == ">":
+            found.extend((a, "write") for a in args)
+        elif program == "sed" and any(w.startswith("-i") or w == "--in-place" for w in words):
+            found.extend((a, "edit") for a in args[1:])
+        elif program in ("cp", "install", "ln", "rsync") and args:
+            found.append((args[-1], "write"))
+        elif program in WRITE_PROGRAMS:
+            how = "delete" if program in ("rm", "rmdir", "unlink", "shred") else "write"
+            found.extend((a, how) for a in args)
+        else:
+            git = git_subcommand(words)
+            if git and git[0] in ("rm", "mv", "checkout", "restore"):
+                found.extend(
+                    (a, "delete" if git[0] == "rm" else "write")
+                    for a in git[1]
+                    if not a.startswith("-")
+                )
+    return found
+
+
+class ProtectedPathModified(StreamingCheck):
+    id = "protected-path-modified"
+    severity = Severity.ERROR
+    title = "protected path edited or deleted"
+    kinds = EDITS
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        for path, how in _changed_paths(event, argv):
+            rel = ctx.relative(path)
+            if rel is not None and ctx.is_protected(rel):
+                self.flag(
+                    event, f"{how} of protected path {rel}", evidence=event.command or event.path
+                )
+
+
+class EvaluationFileTouched(StreamingCheck):
+    id = "evaluation-file-touched"
+    severity = Severity.WARNING
+    title = "evaluation file changed"
+    kinds = EDITS
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        for path, how in _changed_paths(event, argv):
+            rel = ctx.relative(path)
+            if rel is None or ctx.is_protected(rel):
+                continue
+            if any(fnmatch.fnmatch(rel, pattern) for pattern in ctx.config.evaluation_patterns):
+                self.flag(
+                    event, f"{how} of evaluation file {rel}", evidence=event.command or event.path
+                )
+
+
+class GitAddAll(StreamingCheck):
+    id = "git-add-all"
+    severity = Severity.WARNING
+    title = "git add of everything (git add -A / git add . / git commit -a)"
+    kinds = SHELL
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        for words in argv or ():
+            git = git_subcommand(words)
+            if git is None:
+                continue
+            sub, args = git
+            if sub == "add" and any(
+                a in ("-A", "--all", ".", ":/", "*", "-u", "--update") for a in args
+            ):
+                self.flag(
+                    event,
+                    "stages every change instead of the files that belong to the commit",
+                    event.command,
+                )
+            elif sub == "commit" and any(
+                a in ("-a", "--all") or re.fullmatch(r"-[a-zA-Z]*a[a-zA-Z]*", a) for a in args
+            ):
+                self.flag(event, "commit -a stages every tracked change", event.command)
+
+
+class GitHistoryRewrite(StreamingCheck):
+    id = "git-history-rewrite"
+    severity = Severity.ERROR
+    title = "git history rewritten"
+    kinds = SHELL
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        for words in argv or ():
+            git = git_subcommand(words)
+            if git is None:
+                continue
+            sub, args = git
+            why = None
+            if sub == "push" and any(
+                a in ("-f", "--force", "--force-with-lease")
+                or a.startswith(("--force-with-lease=", "+"))
+                for a in args
+            ):
+                why = "force push overwrites the remote history"
+            elif (
+                sub == "reset"
+                and "--hard" in args
+                and any(a not in ("--hard", "HEAD", "-q") for a in args)
+            ):
+                why = "reset --hard to another commit drops commits"
+            elif sub == "commit" and "--amend" in args:
+                why = "commit --amend rewrites the last commit (harmful if it was pushed)"
+            elif sub == "rebase" and not any(
+                a in ("--abort", "--continue", "--skip", "--quit") for a in args
+            ):
+                why = "rebase rewrites commits"
+            elif sub in ("filter-branch", "filter-repo"):
+                why = f"{sub} rewrites the whole history"
+            if why:
+                self.flag(event, why, event.command)
+
+
+class GitNoVerify(StreamingCheck):
+    id = "git-no-verify"
+    severity = Severity.ERROR
+    title = "git hooks skipped with --no-verify"
+    kinds = SHELL
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        for words in argv or ():
+            git = git_subcommand(words)
+            if git and ("--no-verify" in git[1] or (git[0] == "commit" and "-n" in git[1])):
+                self.flag(event, f"git {git[0]} skips the repository's hooks", event.command)
+
+
+class PipWithUv(StreamingCheck):
+    id = "pip-with-uv"
+    severity = Severity.WARNING
+    title = "pip install in a project managed with uv"
+    kinds = SHELL
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        if ctx.config.package_manager != "uv":
+            return
+        for words in argv or ():
+            if _is_pip_install(words):
+                self.flag(
+                    event,
+                    "installs with pip, bypassing uv's lock file (use `uv add` / `uv sync`)",
+                    event.command,
+                )
+
+
+def _is_pip_install(words: list[str]) -> bool:
+    if len(words) >= 2 and words[0] in ("pip", "pip3") and words[1] == "install":
+        return True
+    return bool(words) and words[0].startswith("python") and words[1:4] == ["-m", "pip", "install"]
+
+
+class NetworkWhenOffline(StreamingCheck):
+    id = "network-when-offline"
+    severity = Severity.ERROR
+    title = "network used although the policy is 'none'"
+    kinds = frozenset({EventKind.SHELL_COMMAND, EventKind.TOOL_CALL})
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        if ctx.config.network_policy != "none":
+            return
+        if event.kind is EventKind.TOOL_CALL and (event.tool or "").lower() in WEB_TOOLS:
+            self.flag(event, f"web tool {event.tool} called", event.text)
+            return
+        for words in argv or ():
+            if not words:
+                continue
+            program = words[0]
+            git = git_subcommand(words)
+            if (
+                program in NETWORK_PROGRAMS
+                or (git is not None and git[0] in NETWORK_GIT)
+                or (program in NETWORK_INSTALLERS and NETWORK_INSTALLERS[program] in words[1:3])
+                or _is_pip_install(words)
+            ):
+                self.flag(event, f"{program} reaches the network", event.command)
+                return
+
+
+SUCCESS_CLAIM = re.compile(
+    r"\b(all (?:the )?(?:\d+ )?tests? (?:now )?pass|tests? (?:now )?pass(?:es|ed|ing)?\b|all (?:checks|tests) "
+    r"(?:are )?(?:green|passing)|everything (?:works|passes|is working)|(?:build|run|script|experiment|command) "
+    r"(?:succeeded|completed successfully|ran successfully)|completed successfully|no (?:errors|failures)\b)",
+    re.IGNORECASE,
+)
+
+
+class SuccessAfterFailure(StreamingCheck):
+    id = "success-after-failure"
+    severity = Severity.ERROR
+    title = "success claimed right after a failing command"
+    kinds = frozenset({EventKind.SHELL_COMMAND, EventKind.TOOL_RESULT, EventKind.ASSISTANT})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shell_calls: dict[str, str] = {}
+        self.failure: Event | None = None
+        self.failure_command = ""
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        kind = event.kind
+        if kind is EventKind.SHELL_COMMAND and event.call_id:
+            if len(self.shell_calls) > 4096:
+                self.shell_calls.clear()
+            self.shell_calls[event.call_id] = event.command or ""
+        elif kind is EventKind.TOOL_RESULT and event.call_id in self.shell_calls:
+            command = self.shell_calls.pop(event.call_id or "")
+            if event.failed:
+                self.failure = event
+                self.failure_command = command
+            else:
+                self.failure = None
+        elif kind is EventKind.ASSISTANT and self.failure is not None and event.text:
+            match = SUCCESS_CLAIM.search(event.text)
+            if match:
+                code = self.failure.exit_code
+                status = f"exit code {code}" if code is not None else "an error"
+                self.flag(
+                    event,
+                    f"claims {match.group(0)!r} right after `{self.failure_command[:120]}` ended with {status} "
+                    f"(event {self.failure.index})",
+                    event.text[:300],
+                )
+                self.failure = None
+
+
+class IdleGap(StreamingCheck):
+    id = "idle-gap"
+    severity = Severity.INFO
+    title = "long idle gap"
+    kinds = frozenset(EventKind)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, float] = {}
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        if event.ts is None:
+            return
+        key = event.agent or event.source
+        previous = self.last.get(key)
+        self.last[key] = event.ts
+        if previous is not None and event.ts - previous > ctx.config.idle_gap_minutes * 60:
+            minutes = (event.ts - previous) / 60
+            self.flag(event, f"nothing happened for {minutes:.0f} minutes before this event")
+
+
+class FailingCommandLoop(StreamingCheck):
+    id = "failing-command-loop"
+    severity = Severity.WARNING
+    title = "the same failing command repeated"
+    kinds = frozenset({EventKind.SHELL_COMMAND, EventKind.TOOL_RESULT})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shell_calls: dict[str, str] = {}
+        self.failures: Counter[str] = Counter()
+        self.first: dict[str, EventRecord] = {}
+
+    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        if event.kind is EventKind.SHELL_COMMAND and event.call_id:
+            if len(self.shell_calls) > 4096:
+                self.shell_calls.clear()
+            self.shell_calls[event.call_id] = " ".join((event.command or "").split())
+        elif event.kind is EventKind.TOOL_RESULT and event.call_id in self.shell_calls:
+            command = self.shell_calls.pop(event.call_id or "")
+            if not event.failed or (command not in self.failures and len(self.failures) > 10000):
+                return
+            self.failures[command] += 1
+            if self.failures[command] == ctx.config.loop_threshold:
+                self.first[command] = EventRecord.of(event)
+
+    def finish(self, ctx: CheckContext) -> list[Finding]:
+        for command, record in self.first.items():
+            count = self.failures[command]
+            self.found.append(
+                Finding(
+                    check=self.id,
+                    severity=self.severity,
+                    message=f"failed {count} times: `{command[:200]}`",
+                    event=record,
+                    evidence=command,
+                )
+            )
+        return super().finish(ctx)

@@ -1,0 +1,264 @@
+"""Claude Code transcripts: ``~/.claude/projects/<slug>/<session>.jsonl`` (+ ``<session>/subagents/``).
+
+One JSON object per line. ``type`` is ``user``, ``assistant``, ``system`` (e.g. subtype
+``compact_boundary``), ``summary`` or bookkeeping (``file-history-snapshot``, ``queue-operation``).
+An assistant API message is written as one line per content block, each repeating the message's
+``id`` and ``usage``: usage is counted once per message id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from framework.audit.events import Event, EventKind, clip, parse_timestamp
+from framework.audit.readers.base import ReadState, RecentIds, decode_lines
+from framework.audit.readers.tools import tool_call_events
+
+BOOKKEEPING_TYPES = frozenset(
+    {
+        "file-history-snapshot", "queue-operation", "progress", "attachment", "atis-latch",
+        "last-prompt", "api-request", "api-request-shape", "api-request-blob", "tools-used",
+        "cost-state", "custom-title", "tag",
+    }
+)  # fmt: skip
+KNOWN_TOP_LEVEL = frozenset(
+    {
+        "type", "uuid", "parentUuid", "logicalParentUuid", "isSidechain", "sessionId", "agentId",
+        "timestamp", "message", "summary", "leafUuid", "subtype", "content", "isCompactSummary",
+        "isMeta", "level", "cwd", "version", "gitBranch", "userType", "requestId", "toolUseResult",
+        "compactMetadata", "isVisibleInTranscriptOnly", "slug", "thinkingMetadata", "todos",
+        "messageId", "snapshot", "isSnapshotUpdate", "operation", "sourceToolUseID", "toolUseID",
+        "isApiErrorMessage", "error", "permissionMode",
+    }
+)  # fmt: skip
+
+
+class Usage(msgspec.Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class Block(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+    thinking: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: msgspec.Raw = msgspec.Raw(b"")
+    tool_use_id: str | None = None
+    content: msgspec.Raw = msgspec.Raw(b"")
+    is_error: bool | None = None
+
+
+class Message(msgspec.Struct):
+    role: str | None = None
+    id: str | None = None
+    model: str | None = None
+    content: str | list[Block] | None = None
+    usage: Usage | None = None
+
+
+class Record(msgspec.Struct):
+    type: str = ""
+    isSidechain: bool | None = None
+    agentId: str | None = None
+    timestamp: str | None = None
+    message: Message | None = None
+    summary: str | None = None
+    subtype: str | None = None
+    content: str | None = None
+    isCompactSummary: bool | None = None
+    isMeta: bool | None = None
+    level: str | None = None
+
+
+_decoder = msgspec.json.Decoder(Record)
+
+
+class _Head(msgspec.Struct):
+    type: str = ""
+
+
+_head = msgspec.json.Decoder(_Head)
+_any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+
+def _wanted(line: bytes) -> bool:
+    """Bookkeeping records (API request copies, attachments, snapshots) are the bulk of a transcript
+    and carry nothing the audit uses: a decoder that reads only ``type`` skips them at memory speed."""
+    try:
+        return _head.decode(line).type not in BOOKKEEPING_TYPES
+    except msgspec.DecodeError:
+        return True
+
+
+class ClaudeReader:
+    name = "claude"
+
+    def events(self, path: Path, state: ReadState) -> Iterator[Event]:
+        yield from self._file(path, state, agent=None)
+        subagents = path.with_suffix("") / "subagents"
+        if subagents.is_dir():
+            for sub in sorted(subagents.glob("*.jsonl")):
+                agent = sub.stem
+                yield Event(
+                    kind=EventKind.SUBAGENT_START, agent=agent, source=sub.name, sidechain=True
+                )
+                yield from self._file(sub, state, agent=agent)
+                yield Event(
+                    kind=EventKind.SUBAGENT_END, agent=agent, source=sub.name, sidechain=True
+                )
+
+    def _file(self, path: Path, state: ReadState, agent: str | None) -> Iterator[Event]:
+        source = path.name
+        counted = RecentIds()
+        models: dict[str, str] = {}
+        for number, line, rec in decode_lines(path, _decoder, state, _wanted):
+            kind = rec.type
+            if kind in BOOKKEEPING_TYPES:
+                continue
+            state.check_fields(f"claude:{kind}", line, KNOWN_TOP_LEVEL)
+            base: dict[str, Any] = {
+                "source": source,
+                "line": number,
+                "ts": parse_timestamp(rec.timestamp),
+                "agent": rec.agentId or agent,
+                "sidechain": bool(rec.isSidechain) or agent is not None,
+            }
+            if kind == "assistant" or kind == "user":
+                if rec.message is not None:
+                    yield from self._message(rec, rec.message, base, counted, models, state)
+            elif kind == "system":
+                if rec.subtype == "compact_boundary":
+                    yield Event(kind=EventKind.COMPACTION, text=clip(rec.content), **base)
+                elif rec.level == "error":
+                    yield Event(kind=EventKind.ERROR, text=clip(rec.content), **base)
+            elif kind == "summary":
+                yield Event(kind=EventKind.SUMMARY, text=clip(rec.summary), **base)
+            else:
+                state.unknown_type(f"claude:{kind}")
+
+    def _message(
+        self,
+        rec: Record,
+        msg: Message,
+        base: dict[str, Any],
+        counted: RecentIds,
+        models: dict[str, str],
+        state: ReadState,
+    ) -> Iterator[Event]:
+        content = msg.content
+        if rec.type == "user":
+            if isinstance(content, str):
+                if rec.isCompactSummary:
+                    yield Event(
+                        kind=EventKind.COMPACTION,
+                        text=clip(content),
+                        text_size=len(content),
+                        **base,
+                    )
+                elif not rec.isMeta:
+                    yield Event(
+                        kind=EventKind.USER, text=clip(content), text_size=len(content), **base
+                    )
+                return
+            for block in content or ():
+                if block.type == "tool_result":
+                    head = _result_head(block.content) if block.is_error else None
+                    yield Event(
+                        kind=EventKind.TOOL_RESULT,
+                        call_id=block.tool_use_id,
+                        status="error" if block.is_error else "ok",
+                        exit_code=_exit_code(head),
+                        output_size=len(block.content),
+                        text=head,
+                        **base,
+                    )
+                elif block.type == "text" and block.text is not None and not rec.isMeta:
+                    yield Event(
+                        kind=EventKind.USER,
+                        text=clip(block.text),
+                        text_size=len(block.text),
+                        **base,
+                    )
+            return
+        model = msg.model
+        if msg.usage is not None and msg.id is not None and counted.add(msg.id):
+            u = msg.usage
+            yield Event(
+                kind=EventKind.TOKEN_USAGE,
+                model=model,
+                message_id=msg.id,
+                input_tokens=u.input_tokens or 0,
+                output_tokens=u.output_tokens or 0,
+                cache_read_tokens=u.cache_read_input_tokens or 0,
+                cache_write_tokens=u.cache_creation_input_tokens or 0,
+                **base,
+            )
+        if isinstance(content, str):
+            yield Event(
+                kind=EventKind.ASSISTANT,
+                text=clip(content),
+                text_size=len(content),
+                model=model,
+                **base,
+            )
+            return
+        for block in content or ():
+            btype = block.type
+            if btype == "text" and block.text is not None:
+                yield Event(
+                    kind=EventKind.ASSISTANT,
+                    text=clip(block.text),
+                    text_size=len(block.text),
+                    model=model,
+                    **base,
+                )
+            elif btype == "tool_use" and block.name is not None:
+                args = _decode_args(block.input)
+                yield from tool_call_events(
+                    {**base, "call_id": block.id, "model": model}, block.name, args
+                )
+            elif btype == "thinking" or btype == "redacted_thinking":
+                text = block.thinking or ""
+                yield Event(kind=EventKind.THINKING, text=clip(text), text_size=len(text), **base)
+            else:
+                state.unknown_type(f"claude:block:{btype}")
+
+
+def _decode_args(raw: msgspec.Raw) -> Any:
+    if not raw:
+        return {}
+    try:
+        return _any.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+
+
+def _result_head(raw: msgspec.Raw) -> str | None:
+    """The start of a failed tool's output (as stored: a JSON string or a list of text blocks)."""
+    if not raw:
+        return None
+    try:
+        value = _any.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(value, list):
+        value = " ".join(b.get("text", "") for b in value if isinstance(b, dict))
+    return clip(value, 500) if isinstance(value, str) else None
+
+
+EXIT_CODE = re.compile(r"^Exit code (-?\d+)")
+
+
+def _exit_code(head: str | None) -> int | None:
+    """Claude Code starts a failed Bash result with ``Exit code N``."""
+    match = EXIT_CODE.match(head) if head else None
+    return int(match.group(1)) if match else None

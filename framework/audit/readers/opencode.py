@@ -1,0 +1,171 @@
+"""OpenCode sessions: the SQLite database ``opencode.db`` (tables ``session``, ``message``, ``part``
+with a JSON ``data`` column) or the older JSON storage tree ``storage/{session,message,part}/``.
+
+A message's ``data`` holds role, ``modelID``, ``time`` (ms) and, for assistant messages, ``tokens``
+(``input``, ``output``, ``reasoning``, ``cache.read``, ``cache.write``). Parts are ``text``,
+``reasoning``, ``tool`` (``tool``, ``callID``, ``state`` with ``status``, ``input``, ``output``,
+``metadata``), ``step-start``/``step-finish``, ``patch`` and ``file``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from framework.audit.events import Event, EventKind, clip, parse_timestamp
+from framework.audit.readers.base import ReadState
+from framework.audit.readers.tools import tool_call_events
+
+QUIET_PARTS = frozenset(
+    {"step-start", "step-finish", "snapshot", "file", "agent", "subtask", "retry"}
+)
+
+
+class OpenCodeReader:
+    name = "opencode"
+
+    def events(self, path: Path, state: ReadState) -> Iterator[Event]:
+        if path.is_file():
+            yield from self._database(path, state)
+        else:
+            yield from self._storage(path, state)
+
+    def _database(self, path: Path, state: ReadState) -> Iterator[Event]:
+        state.files.append(str(path))
+        state.bytes_read += path.stat().st_size
+        uri = f"file:{path}?mode=ro"
+        with sqlite3.connect(uri, uri=True) as db:
+            messages = db.execute(
+                "SELECT id, session_id, data FROM message ORDER BY session_id, time_created, id"
+            )
+            for message_id, session_id, data in messages:
+                parts = db.execute(
+                    "SELECT data FROM part WHERE message_id = ? ORDER BY time_created, id",
+                    (message_id,),
+                ).fetchall()
+                yield from self._message(
+                    session_id,
+                    message_id,
+                    _load(data, state, message_id),
+                    [_load(p, state, message_id) for (p,) in parts],
+                    state,
+                )
+
+    def _storage(self, root: Path, state: ReadState) -> Iterator[Event]:
+        storage = root / "storage" if (root / "storage").is_dir() else root
+        for session_dir in sorted((storage / "message").iterdir()):
+            for message_file in sorted(session_dir.glob("*.json")):
+                state.files.append(str(message_file))
+                info = _load(_read(message_file, state), state, message_file.name)
+                part_dir = storage / "part" / message_file.stem
+                parts = [
+                    _load(_read(p, state), state, p.name) for p in sorted(part_dir.glob("*.json"))
+                ]
+                yield from self._message(session_dir.name, message_file.stem, info, parts, state)
+
+    def _message(
+        self,
+        session: str,
+        message_id: str,
+        info: dict[str, Any],
+        parts: list[dict[str, Any]],
+        state: ReadState,
+    ) -> Iterator[Event]:
+        if not info:
+            return
+        state.records += 1 + len(parts)
+        time = _obj(info.get("time"))
+        base: dict[str, Any] = {
+            "source": session,
+            "line": 0,
+            "ts": parse_timestamp(time.get("created")),
+        }
+        model = info.get("modelID") if isinstance(info.get("modelID"), str) else None
+        role = info.get("role")
+        tokens = info.get("tokens")
+        if role == "assistant" and isinstance(tokens, dict):
+            cache = _obj(tokens.get("cache"))
+            yield Event(
+                kind=EventKind.TOKEN_USAGE,
+                model=model,
+                message_id=message_id,
+                input_tokens=int(tokens.get("input") or 0),
+                output_tokens=int(tokens.get("output") or 0),
+                reasoning_tokens=int(tokens.get("reasoning") or 0),
+                cache_read_tokens=int(cache.get("read") or 0),
+                cache_write_tokens=int(cache.get("write") or 0),
+                **base,
+            )
+        if isinstance(info.get("error"), dict):
+            yield Event(kind=EventKind.ERROR, text=clip(json.dumps(info["error"])), **base)
+        for part in parts:
+            ptype = part.get("type")
+            text = part["text"] if isinstance(part.get("text"), str) else ""
+            if ptype == "text":
+                kind = EventKind.USER if role == "user" else EventKind.ASSISTANT
+                if not part.get("synthetic"):
+                    yield Event(
+                        kind=kind, text=clip(text), text_size=len(text), model=model, **base
+                    )
+            elif ptype == "reasoning":
+                yield Event(kind=EventKind.THINKING, text=clip(text), text_size=len(text), **base)
+            elif ptype == "tool" and isinstance(part.get("tool"), str):
+                yield from self._tool(part, base, model)
+            elif ptype == "patch":
+                for file in part.get("files") or ():
+                    if isinstance(file, str):
+                        yield Event(
+                            kind=EventKind.FILE_EDIT, tool="patch", path=file, op="edit", **base
+                        )
+            elif ptype not in QUIET_PARTS:
+                state.unknown_type(f"opencode:part:{ptype}")
+
+    def _tool(
+        self, part: dict[str, Any], base: dict[str, Any], model: str | None
+    ) -> Iterator[Event]:
+        tool_state = _obj(part.get("state"))
+        times = _obj(tool_state.get("time"))
+        call_base = {**base, "call_id": part.get("callID"), "model": model}
+        call_base["ts"] = parse_timestamp(times.get("start")) or base["ts"]
+        yield from tool_call_events(call_base, part["tool"], tool_state.get("input") or {})
+        status = tool_state.get("status")
+        if status in ("completed", "error"):
+            metadata = _obj(tool_state.get("metadata"))
+            exit_code = metadata.get("exit") if isinstance(metadata.get("exit"), int) else None
+            output = tool_state.get("output") or tool_state.get("error") or ""
+            output = output if isinstance(output, str) else json.dumps(output)
+            failed = status == "error" or exit_code not in (None, 0)
+            yield Event(
+                kind=EventKind.TOOL_RESULT,
+                call_id=part.get("callID"),
+                status="error" if failed else "ok",
+                exit_code=exit_code,
+                output_size=len(output),
+                text=clip(output, 500) if failed else None,
+                **{**base, "ts": parse_timestamp(times.get("end")) or call_base["ts"]},
+            )
+
+
+def _load(data: str | bytes, state: ReadState, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        state.corrupt(where, 0, str(exc))
+        return {}
+    if not isinstance(value, dict):
+        state.corrupt(where, 0, "not a JSON object")
+        return {}
+    return value
+
+
+def _read(path: Path, state: ReadState) -> bytes:
+    data = path.read_bytes()
+    state.bytes_read += len(data)
+    return data
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,1 @@
+"""Renderers of an :class:`~framework.audit.report.AuditReport`: terminal text, JSON, HTML."""

@@ -1,0 +1,246 @@
+"""Each check: one event stream that triggers it, one that does not (unit tests of our own logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from framework.audit.checks import AuditConfig, CheckContext, Checker, Finding
+from framework.audit.events import Event, EventKind
+from framework.audit.ledger import LedgerRun
+from framework.config import Settings
+from framework.workspace import Workspace
+
+ROOT = Path("/work/project")
+
+
+def shell(command: str, call: str = "c1", ts: float | None = None) -> Event:
+    return Event(kind=EventKind.SHELL_COMMAND, tool="Bash", command=command, call_id=call, ts=ts)
+
+
+def result(call: str = "c1", exit_code: int = 0, ts: float | None = None) -> Event:
+    return Event(
+        kind=EventKind.TOOL_RESULT,
+        call_id=call,
+        exit_code=exit_code,
+        status="error" if exit_code else "ok",
+        ts=ts,
+    )
+
+
+def edit(path: str) -> Event:
+    return Event(kind=EventKind.FILE_EDIT, tool="Edit", path=path, op="edit")
+
+
+def say(text: str) -> Event:
+    return Event(kind=EventKind.ASSISTANT, text=text)
+
+
+def run_checks(
+    events: list[Event], root: Path = ROOT, runs: list[LedgerRun] | None = None, **config: object
+) -> list[Finding]:
+    ctx = CheckContext(
+        config=AuditConfig(**config), workspace=Workspace(root=root, settings=Settings()), runs=runs
+    )  # type: ignore[arg-type]
+    checker = Checker(ctx)
+    for i, event in enumerate(events):
+        event.index = i
+        checker.observe(event)
+    return checker.finish()
+
+
+def ids(findings: list[Finding]) -> set[str]:
+    return {f.check for f in findings}
+
+
+CASES = [
+    (
+        "protected-path-modified",
+        [edit("/work/project/eval/score.py")],
+        [edit("/work/project/src/model.py")],
+        {},
+    ),
+    (
+        "protected-path-modified",
+        [shell("rm -rf tests/data/ && echo ok")],
+        [shell("rm -rf build/")],
+        {},
+    ),
+    (
+        "protected-path-modified",
+        [shell("echo x > .git/hooks/pre-commit")],
+        [shell("echo x > notes.txt")],
+        {},
+    ),
+    ("evaluation-file-touched", [edit("scripts/evaluate.py")], [edit("scripts/train.py")], {}),
+    ("git-add-all", [shell("git add -A")], [shell("git add src/model.py")], {}),
+    ("git-add-all", [shell("cd repo && git add .")], [shell("git status")], {}),
+    (
+        "git-history-rewrite",
+        [shell("git push --force origin main")],
+        [shell("git push origin main")],
+        {},
+    ),
+    ("git-history-rewrite", [shell("git reset --hard HEAD~2")], [shell("git reset --hard")], {}),
+    ("git-history-rewrite", [shell("git commit --amend -m x")], [shell("git commit -m x")], {}),
+    ("git-no-verify", [shell("git commit -m wip --no-verify")], [shell("git commit -m wip")], {}),
+    (
+        "pip-with-uv",
+        [shell("pip install numpy")],
+        [shell("uv pip install numpy")],
+        {"package_manager": "uv"},
+    ),
+    (
+        "pip-with-uv",
+        [shell("python -m pip install torch")],
+        [shell("uv add torch")],
+        {"package_manager": "uv"},
+    ),
+    (
+        "network-when-offline",
+        [shell("curl -s https://x.invalid")],
+        [shell("ls -la")],
+        {"network_policy": "none"},
+    ),
+    (
+        "network-when-offline",
+        [Event(kind=EventKind.TOOL_CALL, tool="WebFetch")],
+        [Event(kind=EventKind.TOOL_CALL, tool="Read")],
+        {"network_policy": "none"},
+    ),
+    (
+        "success-after-failure",
+        [shell("pytest"), result(exit_code=1), say("All tests pass now.")],
+        [shell("pytest"), result(exit_code=1), say("One test still fails.")],
+        {},
+    ),
+    (
+        "success-after-failure",
+        [shell("pytest"), result(exit_code=2), say("Build succeeded!")],
+        [
+            shell("pytest"),
+            result(exit_code=1),
+            shell("pytest", "c2"),
+            result("c2", 0),
+            say("All tests pass now."),
+        ],
+        {},
+    ),
+    (
+        "idle-gap",
+        [shell("a", ts=0.0), result(ts=4000.0)],
+        [shell("a", ts=0.0), result(ts=600.0)],
+        {"idle_gap_minutes": 30},
+    ),
+    (
+        "failing-command-loop",
+        [e for i in range(3) for e in (shell("make", f"c{i}"), result(f"c{i}", 2))],
+        [e for i in range(3) for e in (shell("make", f"c{i}"), result(f"c{i}", 2 if i < 2 else 0))],
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "bad", "good", "config"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
+def test_check_triggers_on_violation_and_stays_quiet_otherwise(
+    check: str, bad: list[Event], good: list[Event], config: dict[str, object]
+) -> None:
+    found = [f for f in run_checks(bad, **config) if f.check == check]
+    assert found, f"{check} missed {bad}"
+    assert found[0].event is not None and found[0].event.index >= 0
+    assert check not in ids(run_checks(good, **config))
+
+
+def test_disabled_check_does_not_run_and_unknown_ids_are_rejected() -> None:
+    assert "git-add-all" not in ids(run_checks([shell("git add -A")], disabled=["git-add-all"]))
+    with pytest.raises(ValueError, match="unknown check id"):
+        run_checks([], disabled=["no-such-check"])
+
+
+def test_severity_can_be_overridden() -> None:
+    (finding,) = run_checks([shell("git add -A")], severity={"git-add-all": "error"})
+    assert finding.severity.value == "error"
+
+
+def write_report(root: Path, body: str, bib: str | None = None) -> None:
+    tex = (
+        "\\documentclass{article}\n\\newcommand{\\run}[1]{run:#1}\n\\begin{document}\n"
+        + body
+        + "\n\\bibliography{refs}\n\\end{document}\n"
+    )
+    (root / "report.tex").write_text(tex)
+    if bib is not None:
+        (root / "refs.bib").write_text(bib)
+
+
+RUNS = [
+    LedgerRun(run_id="r-001", state="finished", metrics={"accuracy": 0.8712, "loss": 1.25}),
+    LedgerRun(run_id="r-002", state="finished", metrics={"accuracy": 0.5}),
+]
+
+
+def test_report_numbers_must_come_from_a_ledger_run(tmp_path: Path) -> None:
+    write_report(
+        tmp_path, "Accuracy is 87.1\\% (\\run{r-001}) and loss 1.25; baseline 0.50 \\run{r-002}."
+    )
+    assert "report-number-unmatched" not in ids(run_checks([], root=tmp_path, runs=RUNS))
+    write_report(tmp_path, "Accuracy is 91.3\\% (\\run{r-001}); baseline 0.50 \\run{r-002}.")
+    found = [
+        f for f in run_checks([], root=tmp_path, runs=RUNS) if f.check == "report-number-unmatched"
+    ]
+    assert len(found) == 1 and "91.3" in found[0].message
+
+
+def test_cited_run_must_exist(tmp_path: Path) -> None:
+    write_report(tmp_path, "See \\run{r-001} and \\run{r-002}.")
+    assert "report-run-missing" not in ids(run_checks([], root=tmp_path, runs=RUNS))
+    write_report(tmp_path, "See \\run{r-001}, \\run{r-002} and \\run{r-999}.")
+    found = [f for f in run_checks([], root=tmp_path, runs=RUNS) if f.check == "report-run-missing"]
+    assert len(found) == 1 and "r-999" in found[0].message
+
+
+def test_runs_of_the_session_must_be_reported(tmp_path: Path) -> None:
+    write_report(tmp_path, "See \\run{r-001} and \\run{r-002}.")
+    assert "experiment-unreported" not in ids(run_checks([], root=tmp_path, runs=RUNS))
+    write_report(tmp_path, "See \\run{r-001}.")
+    found = [
+        f for f in run_checks([], root=tmp_path, runs=RUNS) if f.check == "experiment-unreported"
+    ]
+    assert len(found) == 1 and "r-002" in found[0].message
+
+
+GOOD_BIB = "@article{frank56,\n  title={An algorithm},\n  doi={10.1002/nav.3800030109}\n}\n@misc{sun23,\n  eprint={2306.11695},\n  archivePrefix={arXiv}\n}\n"
+
+
+def test_cite_keys_must_be_in_the_bibliography(tmp_path: Path) -> None:
+    write_report(tmp_path, "Frank-Wolfe \\cite{frank56} and Wanda \\citep{sun23}.", GOOD_BIB)
+    assert ids(run_checks([], root=tmp_path)) & {"citation-missing", "citation-unverified"} == set()
+    write_report(tmp_path, "Frank-Wolfe \\cite{frank56,ghost24}.", GOOD_BIB)
+    found = [f for f in run_checks([], root=tmp_path) if f.check == "citation-missing"]
+    assert len(found) == 1 and "ghost24" in found[0].message
+
+
+def test_bib_entry_without_doi_or_arxiv_is_unverified(tmp_path: Path) -> None:
+    write_report(
+        tmp_path,
+        "\\cite{blog}",
+        GOOD_BIB + "@misc{blog,\n  title={A blog post},\n  year={2024}\n}\n",
+    )
+    found = [f for f in run_checks([], root=tmp_path) if f.check == "citation-unverified"]
+    assert len(found) == 1 and "'blog'" in found[0].message
+
+
+def test_findings_per_check_are_capped_and_the_rest_counted() -> None:
+    events = [shell(f"git add -A  # {i}", f"c{i}") for i in range(250)]
+    found = [f for f in run_checks(events) if f.check == "git-add-all"]
+    assert len(found) == 201 and any("50 more" in f.message for f in found)
+
+
+def test_policy_settings_decide_whether_pip_and_network_are_findings() -> None:
+    assert "pip-with-uv" not in ids(run_checks([shell("pip install numpy")], package_manager="pip"))
+    assert "network-when-offline" not in ids(
+        run_checks([shell("curl -s https://x.invalid")], network_policy="allowlist")
+    )
