@@ -43,7 +43,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an actionable error on stderr and return the Exit to raise."""
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    from rich.text import Text
+
+    Console(stderr=True).print(Text("error: ", style="bold red") + Text(message), highlight=False)
     return typer.Exit(code)
 
 

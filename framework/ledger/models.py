@@ -1,0 +1,222 @@
+"""Ledger records: event kinds, the fields a run event may carry, stored events, and run state.
+
+Events are the source of truth; :class:`RunState` is a view folded from them (see
+:func:`fold_run`). Payloads of run events are validated against :class:`RunFields` so a typo in a
+field name is an error at the writer, not a silently lost value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+GENESIS_HASH = "0" * 64
+
+
+class EventKind(StrEnum):
+    run_submitted = "run_submitted"
+    run_started = "run_started"
+    run_finished = "run_finished"
+    run_failed = "run_failed"
+    run_cancelled = "run_cancelled"
+    session_started = "session_started"
+    session_ended = "session_ended"
+    audit_done = "audit_done"
+
+
+RUN_EVENT_KINDS = frozenset(
+    {
+        EventKind.run_submitted,
+        EventKind.run_started,
+        EventKind.run_finished,
+        EventKind.run_failed,
+        EventKind.run_cancelled,
+    }
+)
+
+
+class RunStatus(StrEnum):
+    submitted = "submitted"
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+STATUS_AFTER: dict[EventKind, RunStatus] = {
+    EventKind.run_submitted: RunStatus.submitted,
+    EventKind.run_started: RunStatus.running,
+    EventKind.run_finished: RunStatus.finished,
+    EventKind.run_failed: RunStatus.failed,
+    EventKind.run_cancelled: RunStatus.cancelled,
+}
+
+
+class LedgerError(RuntimeError):
+    """A ledger operation failed; the message says which input was wrong and what to do."""
+
+
+class GpuAllocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="e.g. 'NVIDIA H100 80GB HBM3'")
+    count: int = Field(default=0, ge=0)
+
+
+class RunFields(BaseModel):
+    """What a run event may say about its run. Every field is optional: each event adds what it knows
+    (submit: experiment, argv, params, commit; start: nodes, GPUs, Slurm id; finish: exit, metrics).
+    Later events overwrite earlier values of the same field; ``tags`` and ``artifacts`` accumulate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str | None = None
+    argv: list[str] | None = None
+    params: dict[str, Any] | None = None
+    git_commit: str | None = None
+    diff_hash: str | None = None
+    executor: str | None = Field(default=None, description="'local' or 'slurm'")
+    slurm_job_id: str | None = None
+    array_index: int | None = None
+    nodes: list[str] | None = None
+    gpus: GpuAllocation | None = None
+    resources: dict[str, Any] | None = Field(default=None, description="what was requested")
+    run_dir: str | None = None
+    started_at: datetime | None = Field(default=None, description="default: time of run_started")
+    ended_at: datetime | None = Field(default=None, description="default: time of the final event")
+    exit_code: int | None = None
+    reason: str | None = Field(default=None, description="why it failed or was cancelled")
+    metrics: dict[str, Any] | None = None
+    artifacts: list[str] | None = None
+    tags: list[str] | None = None
+    extra: dict[str, Any] | None = Field(default=None, description="free-form, for anything else")
+
+
+RunSpec = RunFields
+"""The payload of ``run_submitted``: the same fields, by convention the ones known at submit time."""
+
+
+class LedgerEvent(BaseModel):
+    """One stored event. ``hash`` = sha256(``prev_hash`` + canonical JSON of the other fields)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    ts: datetime
+    kind: EventKind
+    run_id: str | None = None
+    session_id: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    prev_hash: str
+    hash: str
+
+
+class RunState(BaseModel):
+    """The current state of one run, folded from its events in ledger order."""
+
+    run_id: str
+    state: RunStatus
+    experiment: str | None = None
+    argv: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    git_commit: str | None = None
+    diff_hash: str | None = None
+    executor: str | None = None
+    slurm_job_id: str | None = None
+    array_index: int | None = None
+    nodes: list[str] = Field(default_factory=list)
+    gpus: GpuAllocation = Field(default_factory=GpuAllocation)
+    resources: dict[str, Any] = Field(default_factory=dict)
+    run_dir: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    artifacts: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    session_id: str | None = None
+    first_seq: int
+    last_seq: int
+
+
+class VerifyProblem(BaseModel):
+    seq: int | None = Field(
+        description="the event where the chain broke (None: the ledger as a whole)"
+    )
+    problem: str
+
+
+class VerifyReport(BaseModel):
+    ok: bool
+    events: int = Field(description="events checked")
+    head_seq: int | None = None
+    head_hash: str | None = None
+    problems: list[VerifyProblem] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+def validate_payload(kind: EventKind, payload: dict[str, Any]) -> dict[str, Any]:
+    """Check a payload at the write boundary; return it as plain JSON-able data."""
+    if kind not in RUN_EVENT_KINDS:
+        return payload
+    try:
+        fields = RunFields.model_validate(payload)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: "
+            + (
+                "unknown field (put free-form data under 'extra')"
+                if err["type"] == "extra_forbidden"
+                else err["msg"]
+            )
+            for err in exc.errors()
+        )
+        raise LedgerError(f"invalid payload for {kind.value}: {details}") from None
+    return fields.model_dump(mode="json", exclude_unset=True)
+
+
+_MERGED = ("metrics", "params", "resources", "extra")
+_ACCUMULATED = ("tags", "artifacts")
+
+
+def fold_run(
+    doc: dict[str, Any] | None,
+    *,
+    seq: int,
+    ts: str,
+    kind: EventKind,
+    run_id: str,
+    session_id: str | None,
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    """Apply one run event to the JSON form of a :class:`RunState` (plain dicts: this is the hot
+    path of appends). The run's state follows its latest lifecycle event."""
+    run: dict[str, Any] = (
+        dict(doc) if doc else {"run_id": run_id, "first_seq": seq, "submitted_at": ts}
+    )
+    run["state"] = STATUS_AFTER[kind].value
+    run["last_seq"] = seq
+    if session_id and not run.get("session_id"):
+        run["session_id"] = session_id
+    for key, value in payload.items():
+        if value is None:
+            continue
+        if key in _MERGED:
+            run[key] = {**run.get(key, {}), **value}
+        elif key in _ACCUMULATED:
+            seen = list(run.get(key, []))
+            seen.extend(v for v in value if v not in seen)
+            run[key] = seen
+        else:
+            run[key] = value
+    if kind is EventKind.run_started:
+        run.setdefault("started_at", ts)
+    elif kind is not EventKind.run_submitted:
+        run.setdefault("ended_at", ts)
+    return run

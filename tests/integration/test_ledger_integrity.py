@@ -1,0 +1,245 @@
+"""The ledger against a hostile or crashing world, on the real SQLite file: raw edits by someone
+who dropped the triggers, a writer killed with SIGKILL mid-append, and several processes
+appending at once."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from framework.ledger import Ledger, NewEvent, open_ledger
+from framework.ledger.store import canonical_body
+from tests.support import REPO_ROOT
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/ledger.sqlite"
+
+
+@pytest.fixture
+def ledger(url: str) -> Iterator[Ledger]:
+    with open_ledger(url) as opened:
+        for i in range(1, 6):
+            opened.append(
+                "run_submitted", run_id=f"r{i}", payload={"experiment": "e", "params": {"i": i}}
+            )
+        yield opened
+
+
+def raw(url: str) -> sqlite3.Connection:
+    """A plain connection, as an attacker with write access to the file would use it."""
+    return sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None)
+
+
+def drop_triggers(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TRIGGER ledger_events_no_update")
+    conn.execute("DROP TRIGGER ledger_events_no_delete")
+
+
+def broken_seqs(ledger: Ledger) -> list[int | None]:
+    report = ledger.verify()
+    assert not report.ok
+    return [p.seq for p in report.problems]
+
+
+def test_database_refuses_update_and_delete_of_events(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only: UPDATE is refused"):
+        conn.execute("UPDATE ledger_events SET kind = 'run_finished' WHERE seq = 2")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only: DELETE is refused"):
+        conn.execute("DELETE FROM ledger_events WHERE seq = 2")
+    assert ledger.verify().ok
+
+
+def test_verify_names_an_edited_event(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    body = conn.execute("SELECT body FROM ledger_events WHERE seq = 3").fetchone()[0]
+    conn.execute(
+        "UPDATE ledger_events SET body = ? WHERE seq = 3", (body.replace(b'"i":3', b'"i":9'),)
+    )
+    report = ledger.verify()
+    assert not report.ok
+    assert report.problems[0].seq == 3
+    assert "edited" in report.problems[0].problem
+
+
+def test_verify_catches_an_edit_whose_hash_was_recomputed(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    body = conn.execute("SELECT body FROM ledger_events WHERE seq = 3").fetchone()[0]
+    forged = body.replace(b'"i":3', b'"i":9')
+    conn.execute(
+        "UPDATE ledger_events SET body = ?, hash = ? WHERE seq = 3",
+        (forged, hashlib.sha256(forged).hexdigest()),
+    )
+    assert broken_seqs(ledger)[0] == 4
+
+
+def test_verify_catches_a_deleted_event(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    conn.execute("DELETE FROM ledger_events WHERE seq = 2")
+    report = ledger.verify()
+    assert not report.ok
+    assert report.problems[0].seq == 3
+    assert "events 2..2 are missing" in report.problems[0].problem
+
+
+def test_verify_catches_events_cut_from_the_end(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    conn.execute("DELETE FROM ledger_events WHERE seq >= 4")
+    report = ledger.verify()
+    assert not report.ok
+    assert report.problems[-1].seq is None
+    assert "cut from the end" in report.problems[-1].problem
+
+
+def test_verify_catches_reordered_events(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    conn.execute("UPDATE ledger_events SET seq = -1 WHERE seq = 2")
+    conn.execute("UPDATE ledger_events SET seq = 2 WHERE seq = 3")
+    conn.execute("UPDATE ledger_events SET seq = 3 WHERE seq = -1")
+    report = ledger.verify()
+    assert not report.ok
+    assert report.problems[0].seq == 2
+    assert "reordered" in report.problems[0].problem
+
+
+def test_verify_catches_a_forged_event_inserted_in_the_middle(ledger: Ledger, url: str) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    prev = conn.execute("SELECT hash FROM ledger_events WHERE seq = 2").fetchone()[0]
+    conn.execute("UPDATE ledger_events SET seq = seq + 1000 WHERE seq >= 3")
+    conn.execute("UPDATE ledger_events SET seq = seq - 999 WHERE seq >= 1003")
+    ts = conn.execute("SELECT ts FROM ledger_events WHERE seq = 2").fetchone()[0]
+    body = canonical_body(
+        seq=3, ts=ts, kind="run_finished", run_id="r1", session_id=None, payload={}, prev_hash=prev
+    )
+    conn.execute(
+        "INSERT INTO ledger_events VALUES (3, ?, 'run_finished', 'r1', NULL, ?, ?)",
+        (ts, body, hashlib.sha256(body).hexdigest()),
+    )
+    assert broken_seqs(ledger)[0] == 4
+
+
+def test_verify_catches_an_indexed_column_that_disagrees_with_the_hashed_body(
+    ledger: Ledger, url: str
+) -> None:
+    conn = raw(url)
+    drop_triggers(conn)
+    conn.execute("UPDATE ledger_events SET run_id = 'someone-else' WHERE seq = 4")
+    report = ledger.verify()
+    assert [p.seq for p in report.problems] == [4]
+    assert "indexed columns" in report.problems[0].problem
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from framework.ledger import NewEvent, open_ledger
+
+    ledger = open_ledger(sys.argv[1])
+    name = sys.argv[2]
+    i = 0
+    while True:
+        if i % 3 == 0:
+            batch = [NewEvent("run_submitted", f"{name}-{i}-{j}", None, {"experiment": "crash"}) for j in range(50)]
+            acked = ledger.append_many(batch)
+        else:
+            acked = [ledger.append("run_submitted", run_id=f"{name}-{i}", payload={"experiment": "crash"})]
+        for event in acked:
+            print(event.seq, event.hash, flush=True)
+        i += 1
+    """
+)
+
+
+def test_events_acknowledged_before_a_sigkill_all_survive_and_the_chain_verifies(url: str) -> None:
+    acked: dict[int, str] = {}
+    for round_no in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, f"w{round_no}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seq, digest = line.split()
+            acked[int(seq)] = digest
+            if len(acked) >= 300 * (round_no + 1):
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        proc.stdout.close()
+
+    with open_ledger(url) as ledger:
+        report = ledger.verify()
+        assert report.ok, report.problems
+        stored = {e.seq: e.hash for e in ledger.events()}
+    missing = {seq: digest for seq, digest in acked.items() if stored.get(seq) != digest}
+    assert not missing, f"acknowledged events lost or changed: {sorted(missing)[:10]}"
+    assert report.events >= len(acked)
+
+
+APPENDER = textwrap.dedent(
+    """
+    import sys
+    from framework.ledger import NewEvent, open_ledger
+
+    with open_ledger(sys.argv[1]) as ledger:
+        name = sys.argv[2]
+        for i in range(100):
+            if i % 10 == 0:
+                ledger.append_many([NewEvent("run_submitted", f"{name}-b{i}-{j}", None, {"experiment": "c"}) for j in range(10)])
+            ledger.append("run_submitted", run_id=f"{name}-{i}", payload={"experiment": "c"})
+            ledger.append("run_finished", run_id=f"{name}-{i}", payload={"exit_code": 0})
+    """
+)
+
+
+def test_concurrent_processes_append_every_event_once_on_one_valid_chain(url: str) -> None:
+    open_ledger(url).close()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, url, f"p{n}"],
+            cwd=REPO_ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    with open_ledger(url) as ledger:
+        report = ledger.verify()
+        assert report.ok, report.problems
+        assert report.events == 4 * (100 * 2 + 10 * 10)
+        runs = ledger.runs(experiment="c")
+        assert len(runs) == 4 * (100 + 100)
+        assert len({r.run_id for r in runs}) == len(runs)
+        assert sum(r.state == "finished" for r in runs) == 400
+
+
+def test_many_batches_of_writers_leave_no_gap_in_seq(url: str) -> None:
+    with open_ledger(url) as ledger:
+        for b in range(5):
+            ledger.append_many(
+                [NewEvent("run_submitted", f"g{b}-{i}", None, {}) for i in range(200)]
+            )
+        seqs = [e.seq for e in ledger.events()]
+    assert seqs == list(range(1, 1001))
