@@ -1,0 +1,21 @@
+"""Job dispatch: the host broker, the in-sandbox ``remote-run`` client, and the executors.
+
+Stable interface (used by ``launch`` and the sandbox)::
+
+    from framework.dispatch.broker import start_broker
+    handle = start_broker(workspace_root, settings, session_id)   # background threads on the host
+    handle.channel_path   # directory holding the Unix socket ``broker.sock``: bind it read-write at
+                          # the same path inside the sandbox (a directory, so a restarted broker's new
+                          # socket is visible without remounting)
+    handle.client_path    # the stdlib-only ``remote-run`` script: bind it read-only onto the PATH
+    handle.env            # {"REMOTE_RUN_SOCKET": "<channel_path>/broker.sock"}: set it inside
+    handle.stop()
+
+    agentic-researcher broker [--workspace W]     # the same broker, standalone, in the foreground
+    agentic-researcher jobs submit|status|logs|tail|cancel|nodes|list   # the remote-run verbs on the host
+
+Modules: ``models`` (validated requests and run records), ``broker`` (socket server, records,
+ledger events, recovery), ``local`` (GPU-aware scheduler for one workstation), ``slurm`` (submitit
+submission, sacct/scontrol), ``runner`` (runs one rank on the node; ``ArgvWrapper`` is the hook for
+running jobs inside a sandbox there), ``client`` (``remote-run``). See docs/dispatch.md.
+"""

@@ -1,9 +1,247 @@
-"""CLI commands of this area (registered by framework.cli). Import only typer at top level."""
+"""CLI commands of the dispatch area: ``broker`` and ``jobs ...`` (the remote-run verbs, for humans).
+
+Imports only typer at top level; the broker and the client are imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+jobs_app = typer.Typer(
+    help="Submit and follow experiments through the session's broker (as remote-run does).",
+    no_args_is_help=True,
+)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="research repository (default: the enclosing git repo)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _socket(workspace: Path | None) -> str:
+    from framework.cli import load
+    from framework.dispatch.broker import DispatchPaths
+
+    loaded = load(workspace)
+    assert loaded.settings.state_dir is not None
+    return str(DispatchPaths(loaded.settings.state_dir).socket)
+
+
+def _call(workspace: Path | None, payload: dict[str, Any]) -> dict[str, Any]:
+    from framework.cli import fail
+    from framework.dispatch.client import ClientError, call, checked
+
+    try:
+        return checked(call(payload, _socket(workspace)))
+    except ClientError as exc:
+        raise fail(str(exc), exc.code) from None
+
+
+def _runs_table(runs: list[dict[str, Any]], title: str) -> Any:
+    from rich.table import Table
+
+    colours = {
+        "queued": "yellow",
+        "running": "cyan",
+        "finished": "green",
+        "failed": "red",
+        "cancelled": "magenta",
+    }
+    table = Table(title=title)
+    for column in ("run", "name", "state", "nodes", "gpus", "exit", "argv", "reason"):
+        table.add_column(column)
+    for r in runs:
+        state = r["state"]
+        table.add_row(
+            r["run_id"],
+            r.get("name") or "",
+            f"[{colours.get(state, 'white')}]{state}[/]",
+            ",".join(r.get("nodes") or []),
+            ",".join(r.get("devices") or []) or str(r["resources"]["gpus"]),
+            "" if r.get("exit_code") is None else str(r["exit_code"]),
+            " ".join(r["argv"])[:60],
+            r.get("reason") or "",
+        )
+    return table
+
+
+def _print_runs(runs: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(runs, indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(_runs_table(runs, title))
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    command: Annotated[list[str], typer.Argument(help="program and arguments (put them after --)")],
+    gpus: Annotated[int, typer.Option(help="GPUs per node")] = 0,
+    cpus: Annotated[int, typer.Option(help="CPUs per task")] = 1,
+    nodes: Annotated[int, typer.Option(help="nodes (Slurm)")] = 1,
+    tasks_per_node: Annotated[int, typer.Option(help="tasks per node (Slurm)")] = 1,
+    array: Annotated[str | None, typer.Option(help="array indices, e.g. 0-19 or 1,3,5")] = None,
+    name: Annotated[str | None, typer.Option(help="experiment name")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="tag (repeatable)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="block until every run ends")] = False,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job (argv, never shell text)."""
+    from framework.cli import fail
+    from framework.dispatch.client import ClientError, parse_array
+
+    request: dict[str, Any] = {
+        "argv": command,
+        "cwd": str(Path.cwd()),
+        "resources": {"gpus": gpus, "cpus": cpus, "nodes": nodes, "tasks_per_node": tasks_per_node},
+        "tags": tag or [],
+    }
+    if name:
+        request["name"] = name
+    if array:
+        try:
+            request["array"] = parse_array(array)
+        except ClientError as exc:
+            raise fail(str(exc), exc.code) from None
+    answer = _call(workspace, {"op": "submit", "request": request})
+    if not wait:
+        typer.echo(json.dumps(answer["runs"]) if as_json else "\n".join(answer["runs"]))
+        return
+    runs = _call(workspace, {"op": "wait", "run": answer["group"], "timeout_s": 300})["runs"]
+    _print_runs(runs, as_json, f"group {answer['group']}")
+    if any(r["state"] != "finished" for r in runs):
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    live: Annotated[
+        bool, typer.Option("--live", help="refresh the table every second until Ctrl-C")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="most recent runs shown")] = 50,
+) -> None:
+    """Recent runs of this workspace's broker."""
+    if not live:
+        _print_runs(_call(workspace, {"op": "list", "limit": limit})["runs"], as_json, "runs")
+        return
+    from rich.live import Live
+
+    with Live(refresh_per_second=2) as view:
+        try:
+            while True:
+                runs = _call(workspace, {"op": "list", "limit": limit})["runs"]
+                view.update(_runs_table(runs, f"runs (live, {time.strftime('%H:%M:%S')})"))
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return
+
+
+@jobs_app.command("status")
+def jobs_status(run: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """State of a run or of every run of a group."""
+    _print_runs(_call(workspace, {"op": "status", "run": run})["runs"], as_json, run)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(run: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel a run or a whole group."""
+    _print_runs(_call(workspace, {"op": "cancel", "run": run})["runs"], as_json, run)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    run: str,
+    stderr: Annotated[bool, typer.Option("--stderr", help="stderr instead of stdout")] = False,
+    rank: Annotated[int, typer.Option(help="rank of a multi-task job")] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing until the run ends")
+    ] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Print (or follow) a run's output."""
+    offset = 0
+    while True:
+        payload = {
+            "op": "logs",
+            "run": run,
+            "stream": "stderr" if stderr else "stdout",
+            "rank": rank,
+            "offset": offset,
+        }
+        answer = _call(workspace, payload)
+        typer.echo(answer["data"], nl=False)
+        offset = answer["offset"]
+        if not follow or (answer["done"] and not answer["data"]):
+            return
+        if not answer["data"]:
+            time.sleep(0.2)
+
+
+@jobs_app.command("tail")
+def jobs_tail(
+    run: str,
+    stderr: Annotated[bool, typer.Option("--stderr")] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Follow a run's output until it ends (same as `logs -f`)."""
+    jobs_logs(run, stderr=stderr, rank=0, follow=True, workspace=workspace)
+
+
+@jobs_app.command("nodes")
+def jobs_nodes(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Free and busy GPUs per node (from Slurm, or this machine's device list)."""
+    nodes = _call(workspace, {"op": "nodes"})["nodes"]
+    if as_json:
+        typer.echo(json.dumps(nodes, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="nodes")
+    for column in ("node", "state", "gpus free", "gpus busy", "cpus free"):
+        table.add_column(column)
+    for n in nodes:
+        table.add_row(
+            n["name"],
+            n["state"],
+            str(n["gpus_total"] - n["gpus_busy"]),
+            str(n["gpus_busy"]),
+            str(n["cpus_total"] - n["cpus_busy"]),
+        )
+    Console().print(table)
+
+
+def broker(workspace: WorkspaceOpt = None) -> None:
+    """Run the job broker in the foreground for this workspace (Ctrl-C stops it)."""
+    from framework.cli import fail, load
+    from framework.dispatch.broker import BrokerError, serve_forever
+
+    loaded = load(workspace)
+    assert loaded.workspace is not None
+
+    def ready(handle: Any) -> None:
+        typer.echo(
+            f"broker serving {handle.env['REMOTE_RUN_SOCKET']} (executor: {loaded.settings.cluster.executor})"
+        )
+        typer.echo(f"client: {handle.client_path}")
+
+    try:
+        serve_forever(loaded.workspace, loaded.settings, on_ready=ready)
+    except BrokerError as exc:
+        raise fail(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("broker")(broker)
+    app.add_typer(jobs_app, name="jobs")

@@ -1,0 +1,878 @@
+"""The host broker: validates requests from the sandbox, records runs, hands them to an executor.
+
+The channel is a Unix socket in a directory of its own (see docs/dispatch.md for why not a spool
+directory). Each connection carries one JSON object (at most 256 KiB) and gets one JSON object back;
+a connection that sends nothing for 10 s is dropped, and each is served by its own thread, so a
+stalled or hostile client cannot block the others.
+
+Durability: a submit is acknowledged only after its run record (``dispatch/records/<run>.json``)
+and its ``run_submitted`` ledger event are on disk. A broker that is killed and restarted reloads the
+records, re-queues runs that had not started, adopts local runs whose runner is still alive, keeps
+watching Slurm jobs, and records the final state of every run exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from framework.config import Settings
+from framework.dispatch.local import LocalScheduler, LocalSchedulerError, pid_alive
+from framework.dispatch.models import (
+    MAX_REQUEST_BYTES,
+    BrokerOp,
+    JobRequest,
+    LogsOp,
+    NodeInfo,
+    RequestError,
+    RunOp,
+    RunRecord,
+    RunState,
+    SimpleOp,
+    SubmitOp,
+    WaitOp,
+    describe_validation_error,
+    resolve_cwd,
+    utcnow,
+)
+from framework.dispatch.runner import TASK_FILE, log_name, write_json_atomic
+from framework.dispatch.slurm import TERMINAL_SLURM_STATES, SlurmBackend, SlurmError
+
+SOCKET_NAME = "broker.sock"
+CLIENT_NAME = "remote-run"
+SOCKET_ENV = "REMOTE_RUN_SOCKET"
+READ_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 256
+MAX_DRAIN_BYTES = 16 << 20
+SLURM_POLL_S = 1.0
+SLURM_FILE_GRACE_S = 3.0
+MAX_METRICS_BYTES = 1 << 20
+MAX_ARTIFACTS_LISTED = 1000
+
+_OPS: TypeAdapter[Any] = TypeAdapter(BrokerOp)
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DispatchPaths:
+    state_dir: Path
+
+    @property
+    def root(self) -> Path:
+        return self.state_dir / "dispatch"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def runs(self) -> Path:
+        return self.state_dir / "runs"
+
+    @property
+    def submitit(self) -> Path:
+        return self.root / "submitit"
+
+    @property
+    def rejected_log(self) -> Path:
+        return self.root / "rejected.jsonl"
+
+    @property
+    def channel(self) -> Path:
+        """Directory holding the socket. Unix socket paths are limited to 107 bytes, so a deep state
+        dir gets a short per-project directory under the runtime dir instead."""
+        preferred = self.root / "channel"
+        if len(str(preferred / SOCKET_NAME)) < 100:
+            return preferred
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
+        return base / f"ar-broker-{digest}"
+
+    @property
+    def socket(self) -> Path:
+        return self.channel / SOCKET_NAME
+
+    @property
+    def client(self) -> Path:
+        return self.root / "bin" / CLIENT_NAME
+
+
+def new_group_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def master_port(run_id: str) -> int:
+    return 20000 + int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) % 20000
+
+
+class _LedgerSink:
+    """Writes run events, each kind at most once per run (restart-safe)."""
+
+    def __init__(self, url: str, session_id: str | None) -> None:
+        from framework.ledger import open_ledger
+
+        self.ledger = open_ledger(url)
+        self.session_id = session_id
+
+    def record(self, kind: str, record: RunRecord, payload: dict[str, Any]) -> None:
+        from framework.ledger import EventKind, LedgerError
+
+        if kind == "run_submitted":
+            with contextlib.suppress(LedgerError):
+                self.ledger.run(record.run_id)
+                return  # submitted by an earlier broker process that died before saving the record
+        payload = {k: v for k, v in payload.items() if v is not None}
+        self.ledger.append(
+            EventKind(kind),
+            run_id=record.run_id,
+            session_id=record.session_id or self.session_id,
+            payload=payload,
+        )
+
+    def submitted_many(self, items: list[tuple[RunRecord, dict[str, Any]]]) -> None:
+        """One transaction for a whole submission (an array of 1,000 is one commit, not 1,000)."""
+        from framework.ledger import EventKind, NewEvent
+
+        events = [
+            NewEvent(
+                EventKind.run_submitted,
+                record.run_id,
+                record.session_id or self.session_id,
+                {k: v for k, v in payload.items() if v is not None},
+            )
+            for record, payload in items
+        ]
+        self.ledger.append_many(events)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+class Broker:
+    """Validates and executes broker operations; owns the run records. Thread-safe."""
+
+    def __init__(
+        self, workspace_root: Path, settings: Settings, session_id: str | None = None
+    ) -> None:
+        if settings.state_dir is None:
+            raise BrokerError("settings.state_dir is unset; load settings with load_settings()")
+        self.workspace = workspace_root.resolve()
+        self.settings = settings
+        self.session_id = session_id
+        self.paths = DispatchPaths(settings.state_dir)
+        for directory in (self.paths.records, self.paths.runs, self.paths.submitit):
+            directory.mkdir(parents=True, exist_ok=True)
+        ledger_url = settings.ledger.url or f"sqlite:///{settings.state_dir / 'ledger.sqlite'}"
+        self.ledger = _LedgerSink(ledger_url, session_id)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[str, RunRecord] = {}
+        self._groups: dict[str, list[str]] = {}
+        self._tokens: dict[str, str] = {}
+        self._slurm_terminal_seen: dict[str, float] = {}
+        self._stopping = threading.Event()
+        cluster = settings.cluster
+        self.executor = cluster.executor
+        self.local = LocalScheduler(
+            cluster.local_devices, cluster.local_workers, self._local_started, self._local_exited
+        )
+        self.slurm = (
+            SlurmBackend(cluster, self.paths.submitit) if self.executor == "slurm" else None
+        )
+        self._recover()
+        self._watcher = threading.Thread(target=self._watch, name="broker-watch", daemon=True)
+        self._watcher.start()
+
+    # --- public operations -------------------------------------------------------------
+
+    def handle_bytes(self, raw: bytes) -> dict[str, Any]:
+        """One request from the channel -> one response. Never raises for bad input."""
+        try:
+            if len(raw) > MAX_REQUEST_BYTES:
+                raise RequestError("request", f"larger than the limit of {MAX_REQUEST_BYTES} bytes")
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise RequestError(
+                    "request", f"not valid JSON ({exc}); send one JSON object"
+                ) from None
+            try:
+                op = _OPS.validate_python(data)
+            except ValidationError as exc:
+                raise describe_validation_error(exc) from None
+            return {"ok": True, **self.handle(op)}
+        except RequestError as exc:
+            self._log_rejected(raw, exc)
+            return {"ok": False, "error": str(exc), "field": exc.field}
+        except (BrokerError, SlurmError) as exc:
+            return {"ok": False, "error": str(exc), "field": None}
+
+    def handle(self, op: Any) -> dict[str, Any]:
+        if isinstance(op, SubmitOp):
+            return self.submit(op.request)
+        if isinstance(op, WaitOp):
+            return {"runs": [r.summary() for r in self.wait(op.run, op.timeout_s)]}
+        if isinstance(op, LogsOp):
+            return self.logs(op)
+        if isinstance(op, RunOp):
+            if op.op == "cancel":
+                return {"runs": [r.summary() for r in self.cancel(op.run)]}
+            return {"runs": [r.summary() for r in self.lookup(op.run)]}
+        assert isinstance(op, SimpleOp)
+        if op.op == "nodes":
+            return {"nodes": [n.model_dump() for n in self.nodes()]}
+        if op.op == "list":
+            return {"runs": [r.summary() for r in self.list_runs(op.limit)]}
+        return {"pong": True, "executor": self.executor, "workspace": str(self.workspace)}
+
+    def submit(self, request: JobRequest) -> dict[str, Any]:
+        """Validate against this host, write records and ledger events, queue. Returns the run ids."""
+        cwd = resolve_cwd(self.workspace, request.cwd)
+        indices: list[int | None] = list(request.array) if request.array is not None else [None]
+        self._check_resources(request, len(indices))
+        with self._lock:
+            if request.client_token and request.client_token in self._tokens:
+                group = self._tokens[request.client_token]
+                return {"group": group, "runs": list(self._groups[group])}
+            from framework.workspace import git_state
+
+            snapshot = git_state(self.workspace)
+            group = new_group_id()
+            records: list[RunRecord] = []
+            for index in indices:
+                run_id = group if index is None else f"{group}.{index}"
+                run_dir = self.paths.runs / run_id
+                run_dir.mkdir(parents=True)
+                record = RunRecord(
+                    run_id=run_id,
+                    group_id=group,
+                    array_index=index,
+                    name=request.name,
+                    argv=request.argv_for(index),
+                    cwd=str(cwd),
+                    env=dict(request.env),
+                    resources=request.resources,
+                    tags=list(request.tags),
+                    executor=self.executor,
+                    run_dir=str(run_dir),
+                    session_id=self.session_id,
+                    client_token=request.client_token,
+                    git_commit=snapshot.commit,
+                    diff_hash=snapshot.diff_sha256,
+                )
+                self._write_task(record, devices=None)
+                self._save(record)
+                records.append(record)
+            self._groups[group] = [r.run_id for r in records]
+            if request.client_token:
+                self._tokens[request.client_token] = group
+            for record in records:
+                self._records[record.run_id] = record
+            self.ledger.submitted_many([(r, self._submitted_payload(r)) for r in records])
+        self._dispatch(group, records)
+        return {"group": group, "runs": [r.run_id for r in records]}
+
+    def lookup(self, run: str) -> list[RunRecord]:
+        with self._lock:
+            if run in self._groups:
+                return [self._records[r] for r in self._groups[run]]
+            if run in self._records:
+                return [self._records[run]]
+        raise BrokerError(f"no run or group {run!r}; `remote-run list` shows the known runs")
+
+    def wait(self, run: str, timeout_s: float) -> list[RunRecord]:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                records = self.lookup(run)
+                left = deadline - time.monotonic()
+                if all(r.state.terminal for r in records) or left <= 0:
+                    return records
+                self._changed.wait(timeout=left)
+
+    def cancel(self, run: str) -> list[RunRecord]:
+        records = self.lookup(run)
+        for record in records:
+            if record.state.terminal:
+                continue
+            with self._lock:
+                record.reason = "cancelled on request"
+                self._save(record)
+            if record.executor == "local":
+                queued = record.state is RunState.queued
+                self.local.cancel(record.run_id)
+                if queued:
+                    self._finalize(record, [], external="CANCELLED")
+            elif self.slurm is not None and record.slurm_job_id:
+                self.slurm.cancel(record.slurm_job_id)
+        return self.lookup(run)
+
+    def logs(self, op: LogsOp) -> dict[str, Any]:
+        record = self.lookup(op.run)[0]
+        path = Path(record.run_dir) / log_name(op.stream, op.rank)
+        data = b""
+        if path.is_file():
+            with path.open("rb") as fh:
+                fh.seek(op.offset)
+                data = fh.read(op.limit)
+        return {
+            "data": data.decode("utf-8", errors="replace"),
+            "offset": op.offset + len(data),
+            "state": record.state.value,
+            "done": record.state.terminal,
+        }
+
+    def nodes(self) -> list[NodeInfo]:
+        if self.slurm is not None:
+            return self.slurm.nodes()
+        busy = self.local.busy_devices()
+        _, running = self.local.counts()
+        return [
+            NodeInfo(
+                name=socket.gethostname(),
+                state="mixed" if running else "idle",
+                gpus_total=len(self.local.devices),
+                gpus_busy=len(busy),
+                cpus_total=self.local.workers,
+                cpus_busy=running,
+            )
+        ]
+
+    def list_runs(self, limit: int = 200) -> list[RunRecord]:
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.run_id))
+        return records[-limit:]
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._watcher.join(timeout=5)
+        self.local.stop()
+        self.ledger.close()
+
+    # --- submission ----------------------------------------------------------------------
+
+    def _check_resources(self, request: JobRequest, tasks: int) -> None:
+        resources = request.resources
+        try:
+            if self.executor == "local":
+                if resources.nodes > 1 or resources.tasks_per_node > 1:
+                    raise RequestError(
+                        "resources.nodes",
+                        "the local executor runs one task on one node; multi-node and multi-task jobs need "
+                        "cluster.executor = 'slurm'",
+                    )
+                self.local.check(resources.gpus)
+            else:
+                assert self.slurm is not None
+                self.slurm.check(resources, tasks)
+        except (LocalSchedulerError, ValueError) as exc:
+            if isinstance(exc, RequestError):
+                raise
+            field = (
+                "array"
+                if "array" in str(exc)
+                else "resources.nodes"
+                if "nodes" in str(exc)
+                else "resources.gpus"
+            )
+            raise RequestError(field, str(exc)) from None
+
+    def _dispatch(self, group: str, records: list[RunRecord]) -> None:
+        if self.executor == "local":
+            for record in records:
+                self._queue_local(record)
+            return
+        assert self.slurm is not None
+        try:
+            job_ids = self.slurm.submit(
+                group,
+                [Path(r.run_dir) for r in records],
+                records[0].resources,
+                records[0].name or "remote-run",
+            )
+        except SlurmError as exc:
+            for record in records:
+                record.reason = str(exc)
+                self._finalize(record, [], external="FAILED")
+            raise
+        with self._lock:
+            for record, job_id in zip(records, job_ids, strict=True):
+                record.slurm_job_id = job_id
+                self._save(record)
+
+    def _queue_local(self, record: RunRecord) -> None:
+        def prepare(devices: list[str]) -> None:
+            self._write_task(record, devices)
+
+        self.local.submit(record.run_id, Path(record.run_dir), record.resources.gpus, prepare)
+
+    def _write_task(self, record: RunRecord, devices: list[str] | None) -> None:
+        time_minutes = record.resources.time_minutes or self.settings.cluster.time_minutes
+        task = {
+            "run_id": record.run_id,
+            "run_dir": record.run_dir,
+            "argv": record.argv,
+            "cwd": record.cwd,
+            "env": record.env,
+            "array_index": record.array_index,
+            "master_port": master_port(record.run_id),
+            "devices": devices if record.executor == "local" else None,
+            "time_limit_s": time_minutes * 60 if record.executor == "local" else None,
+        }
+        write_json_atomic(Path(record.run_dir) / TASK_FILE, task, fsync=False)
+
+    def _submitted_payload(self, record: RunRecord) -> dict[str, Any]:
+        return {
+            "experiment": record.name,
+            "argv": record.argv,
+            "params": {"env": record.env} if record.env else None,
+            "git_commit": record.git_commit,
+            "diff_hash": record.diff_hash,
+            "executor": record.executor,
+            "array_index": record.array_index,
+            "resources": record.resources.model_dump(),
+            "run_dir": record.run_dir,
+            "tags": record.tags or None,
+            "extra": {"group_id": record.group_id, "cwd": record.cwd},
+        }
+
+    # --- state transitions ---------------------------------------------------------------
+
+    def _save(self, record: RunRecord) -> None:
+        write_json_atomic(
+            self.paths.records / f"{record.run_id}.json", record.model_dump(mode="json")
+        )
+
+    def _mark_started(
+        self, record: RunRecord, nodes: list[str], devices: list[str], pid: int | None
+    ) -> None:
+        with self._lock:
+            if record.state is not RunState.queued:
+                return
+            record.state = RunState.running
+            record.started_at = utcnow()
+            record.nodes = nodes
+            record.devices = devices
+            if pid is not None:
+                record.pids = [pid]
+            self._save(record)
+            from framework.ledger import GpuAllocation
+
+            gpus = record.resources.gpus * record.resources.nodes
+            self.ledger.record(
+                "run_started",
+                record,
+                {
+                    "nodes": nodes,
+                    "gpus": GpuAllocation(count=gpus).model_dump(),
+                    "slurm_job_id": record.slurm_job_id,
+                    "started_at": record.started_at.isoformat(),
+                    "extra": {"cuda_visible_devices": ",".join(devices)} if devices else None,
+                },
+            )
+            self._changed.notify_all()
+
+    def _local_started(self, run_id: str, devices: list[str], pid: int) -> None:
+        record = self._records.get(run_id)
+        if record is not None:
+            self._mark_started(record, [socket.gethostname()], devices, pid)
+
+    def _local_exited(self, run_id: str, code: int | None) -> None:
+        record = self._records.get(run_id)
+        if record is None:
+            return
+        if (
+            record.state is RunState.queued
+        ):  # the runner never started (cannot happen unless Popen failed)
+            self._mark_started(record, [socket.gethostname()], [], None)
+        cancelled = record.reason == "cancelled on request"
+        self._finalize(
+            record,
+            self._exits(record),
+            external="CANCELLED" if cancelled else None,
+            runner_status=code,
+        )
+
+    def _exits(self, record: RunRecord) -> list[dict[str, Any]]:
+        exits = []
+        for rank in range(record.resources.world_size):
+            path = Path(record.run_dir) / f"exit.{rank}.json"
+            if path.is_file():
+                with contextlib.suppress(OSError, json.JSONDecodeError):
+                    exits.append(json.loads(path.read_text()))
+        return exits
+
+    def _finalize(
+        self,
+        record: RunRecord,
+        exits: list[dict[str, Any]],
+        external: str | None,
+        runner_status: int | None = None,
+    ) -> None:
+        """Decide the final state from the ranks' exit files and, when they are missing, the
+        executor's word (a Slurm state, or CANCELLED for our own cancel). Records it once."""
+        with self._lock:
+            if record.state.terminal:
+                return
+            world = record.resources.world_size
+            codes = [int(e.get("code", 1)) for e in exits]
+            reasons = [str(e["reason"]) for e in exits if e.get("reason")]
+            exit_code = next((c for c in codes if c != 0), 0 if codes else None)
+            if external == "CANCELLED":
+                state, reason = RunState.cancelled, record.reason or "cancelled in Slurm"
+            elif external in ("TIMEOUT", "DEADLINE") or any("time limit" in r for r in reasons):
+                state, reason = RunState.failed, "time limit exceeded"
+            elif external in ("NODE_FAIL", "BOOT_FAIL"):
+                state, reason = (
+                    RunState.failed,
+                    f"node failure ({external}) on {','.join(record.nodes) or '?'}",
+                )
+            elif len(exits) == world and all(c == 0 for c in codes):
+                state, reason = RunState.finished, None
+            elif exits and exit_code:
+                state, reason = RunState.failed, reasons[0] if reasons else f"exit code {exit_code}"
+            else:
+                detail = f"Slurm state {external}" if external else f"runner status {runner_status}"
+                state, reason = (
+                    RunState.failed,
+                    f"{len(exits)} of {world} ranks reported an exit ({detail})",
+                )
+            if (
+                state is not RunState.cancelled
+                and record.reason == "cancelled on request"
+                and not exits
+            ):
+                state = RunState.cancelled
+            for host in (str(e["host"]) for e in exits if e.get("host")):
+                if host not in record.nodes:
+                    record.nodes.append(host)
+            record.state = state
+            record.reason = reason
+            record.exit_code = exit_code
+            record.ended_at = utcnow()
+            self._save(record)
+            kind = {
+                RunState.finished: "run_finished",
+                RunState.failed: "run_failed",
+                RunState.cancelled: "run_cancelled",
+            }[state]
+            metrics, artifacts = _results(Path(record.run_dir))
+            self.ledger.record(
+                kind,
+                record,
+                {
+                    "exit_code": exit_code,
+                    "reason": reason,
+                    "ended_at": record.ended_at.isoformat(),
+                    "metrics": metrics,
+                    "artifacts": artifacts or None,
+                    "nodes": record.nodes or None,
+                    "slurm_job_id": record.slurm_job_id,
+                },
+            )
+            self._changed.notify_all()
+
+    # --- watching and recovery -----------------------------------------------------------
+
+    def _watch(self) -> None:
+        last_sacct = 0.0
+        while not self._stopping.wait(0.05):
+            with self._lock:
+                active = [
+                    r
+                    for r in self._records.values()
+                    if r.executor == "slurm" and not r.state.terminal
+                ]
+            if not active:
+                continue
+            for record in active:
+                self._check_files(record)
+            if time.monotonic() - last_sacct >= SLURM_POLL_S:
+                last_sacct = time.monotonic()
+                try:
+                    self._check_slurm([r for r in active if not r.state.terminal])
+                except (OSError, SlurmError, ValueError):
+                    continue
+
+    def _check_files(self, record: RunRecord) -> None:
+        run_dir = Path(record.run_dir)
+        if record.state is RunState.queued:
+            started = sorted(run_dir.glob("started.*.json"))
+            if started:
+                nodes: list[str] = []
+                for path in started:
+                    with contextlib.suppress(OSError, json.JSONDecodeError):
+                        host = json.loads(path.read_text()).get("host")
+                        if host and host not in nodes:
+                            nodes.append(host)
+                self._mark_started(record, nodes, [], None)
+        exits = self._exits(record)
+        if any(int(e.get("code", 0)) < 0 for e in exits):
+            return  # killed by a signal: sacct says why (cancel, time limit, node failure)
+        if len(exits) == record.resources.world_size:
+            if record.state is RunState.queued:
+                self._mark_started(record, [str(e.get("host")) for e in exits], [], None)
+            cancelled = record.reason == "cancelled on request"
+            self._finalize(
+                record,
+                exits,
+                external="CANCELLED" if cancelled and any(e.get("code") for e in exits) else None,
+            )
+
+    def _check_slurm(self, active: list[RunRecord]) -> None:
+        assert self.slurm is not None
+        ids = [r.slurm_job_id for r in active if r.slurm_job_id]
+        states = self.slurm.states([i for i in ids if i])
+        now = time.monotonic()
+        for record in active:
+            if not record.slurm_job_id or record.slurm_job_id not in states:
+                continue
+            state, node_list = states[record.slurm_job_id]
+            if state == "RUNNING" and record.state is RunState.queued:
+                self._mark_started(record, _expand_nodes(node_list), [], None)
+            if state in TERMINAL_SLURM_STATES:
+                if record.state is RunState.queued and state != "CANCELLED":
+                    self._mark_started(record, _expand_nodes(node_list), [], None)
+                seen = self._slurm_terminal_seen.setdefault(record.run_id, now)
+                exits = self._exits(record)
+                complete = len(exits) == record.resources.world_size
+                if (
+                    state in ("COMPLETED", "FAILED")
+                    and not complete
+                    and now - seen < SLURM_FILE_GRACE_S
+                ):
+                    continue  # the exit files may still be on their way over a shared file system
+                if state in ("NODE_FAIL", "TIMEOUT", "CANCELLED", "BOOT_FAIL", "DEADLINE"):
+                    self._finalize(record, exits, external=state)
+                else:
+                    self._finalize(record, exits, external=None if complete else state)
+
+    def _recover(self) -> None:
+        """Reload the records of an earlier broker process and resume watching its runs."""
+        records = []
+        for path in sorted(self.paths.records.glob("*.json")):
+            try:
+                records.append(RunRecord.model_validate_json(path.read_text()))
+            except (OSError, ValidationError):
+                continue
+        for record in sorted(records, key=lambda r: (r.submitted_at, r.run_id)):
+            self._records[record.run_id] = record
+            self._groups.setdefault(record.group_id, []).append(record.run_id)
+            if record.client_token:
+                self._tokens[record.client_token] = record.group_id
+            if record.state.terminal:
+                continue
+            self.ledger.record("run_submitted", record, self._submitted_payload(record))
+            if record.executor != "local":
+                continue
+            if record.state is RunState.queued and not record.pids:
+                self._queue_local(record)
+            elif record.pids and pid_alive(record.pids[0]):
+                self.local.adopt(record.run_id, record.pids[0], record.devices)
+            else:
+                self._local_exited(record.run_id, None)
+
+    def _log_rejected(self, raw: bytes, exc: RequestError) -> None:
+        entry = {
+            "time": utcnow().isoformat(),
+            "field": exc.field,
+            "error": exc.message,
+            "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "head": raw[:200].decode("utf-8", errors="replace"),
+            "session_id": self.session_id,
+        }
+        with self._lock, self.paths.rejected_log.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+
+def _expand_nodes(node_list: str) -> list[str]:
+    if not node_list or node_list in ("None assigned", "(null)"):
+        return []
+    if "[" not in node_list:
+        return node_list.split(",")
+    import subprocess
+
+    proc = subprocess.run(
+        ["scontrol", "show", "hostnames", node_list], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.split() or [node_list]
+
+
+def _results(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    metrics: dict[str, Any] | None = None
+    metrics_file = run_dir / "metrics.json"
+    with contextlib.suppress(OSError, json.JSONDecodeError, ValueError):
+        if metrics_file.is_file() and metrics_file.stat().st_size <= MAX_METRICS_BYTES:
+            loaded = json.loads(metrics_file.read_text())
+            if isinstance(loaded, dict):
+                metrics = loaded
+    artifacts_dir = run_dir / "artifacts"
+    artifacts: list[str] = []
+    if artifacts_dir.is_dir():
+        for path in sorted(artifacts_dir.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                artifacts.append(str(path.relative_to(run_dir)))
+                if len(artifacts) >= MAX_ARTIFACTS_LISTED:
+                    break
+    return metrics, artifacts
+
+
+# --- the socket server -------------------------------------------------------------------
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        if not self.server.slots.acquire(blocking=False):
+            _send(
+                conn,
+                {
+                    "ok": False,
+                    "error": "broker busy: too many open connections; retry",
+                    "field": None,
+                    "busy": True,
+                },
+            )
+            return
+        try:
+            conn.settimeout(READ_TIMEOUT_S)
+            raw = _read_request(conn)
+            _send(conn, self.server.broker.handle_bytes(raw))
+        except (TimeoutError, OSError):
+            return
+        finally:
+            self.server.slots.release()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """Read one request. Past the size limit the rest is read and dropped (so the client sees the
+    answer rather than a reset connection) and the first limit+1 bytes are returned for rejection."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        if size <= MAX_REQUEST_BYTES:
+            chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_DRAIN_BYTES:
+            break
+        if chunk.endswith(b"\n") and size <= MAX_REQUEST_BYTES:
+            break
+    return b"".join(chunks)[: MAX_REQUEST_BYTES + 1]
+
+
+def _send(conn: socket.socket, response: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(response).encode() + b"\n")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, path: Path, broker: Broker) -> None:
+        self.broker = broker
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(str(path), _Handler)
+
+
+@dataclass
+class BrokerHandle:
+    """A running broker. Mount ``channel_path`` (a directory) read-write at the same path inside the
+    sandbox, ``client_path`` read-only on its PATH, and set ``env`` there."""
+
+    broker: Broker
+    channel_path: Path
+    client_path: Path
+    env: dict[str, str]
+    _server: _Server = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        self.broker.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.channel_path / SOCKET_NAME).unlink()
+
+
+def install_client(target: Path) -> Path:
+    """Copy the stdlib-only client to ``target`` as an executable script."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(Path(__file__).with_name("client.py"), tmp)
+    tmp.chmod(0o755)
+    os.replace(tmp, target)
+    return target
+
+
+def start_broker(
+    workspace_root: Path, settings: Settings, session_id: str | None = None
+) -> BrokerHandle:
+    """Start a broker serving the workspace's channel in a background thread."""
+    broker = Broker(workspace_root, settings, session_id)
+    channel = broker.paths.channel
+    channel.mkdir(parents=True, exist_ok=True)
+    channel.chmod(0o700)
+    sock = channel / SOCKET_NAME
+    if sock.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            sock.unlink()  # left behind by a broker that was killed
+        else:
+            broker.stop()
+            raise BrokerError(f"another broker is already serving {sock}; stop it first")
+        finally:
+            probe.close()
+    server = _Server(sock, broker)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="broker", daemon=True
+    )
+    thread.start()
+    client = install_client(broker.paths.client)
+    return BrokerHandle(broker, channel, client, {SOCKET_ENV: str(sock)}, server, thread)
+
+
+def serve_forever(
+    workspace_root: Path, settings: Settings, on_ready: Callable[[BrokerHandle], None] | None = None
+) -> None:
+    """Run a broker in the foreground until SIGINT/SIGTERM."""
+    import signal
+
+    handle = start_broker(workspace_root, settings)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    if on_ready is not None:
+        on_ready(handle)
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.stop()

@@ -1,0 +1,174 @@
+"""Runs one rank of one run on the node: argv without a shell, a clean environment, logs in the run dir.
+
+Started as ``python -m framework.dispatch.runner RUN_DIR`` by the local scheduler (in its own session,
+so it survives a broker restart), or called as :func:`slurm_entry` by submitit on a Slurm node. It
+reads ``task.json`` (written by the broker), writes ``started.<rank>.json`` when the process starts
+and ``exit.<rank>.json`` when it ends; the broker turns those into ledger events. Stdlib only: it
+runs in whatever Python the node has, importing nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+TASK_FILE = "task.json"
+PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME", "HOME", "TMPDIR")
+"""With the SLURM_* allocation variables, the only host variables a job inherits: host secrets (API
+keys, tokens) never reach agent code."""
+
+ArgvWrapper = Callable[[list[str], Mapping[str, Any]], list[str]]
+"""Hook for running the job inside a sandbox on the node: (argv, task) -> wrapped argv."""
+
+
+def log_name(stream: str, rank: int) -> str:
+    return f"{stream}.log" if rank == 0 else f"{stream}.{rank}.log"
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any], fsync: bool = True) -> None:
+    """Readers see the old or the new file, never half of one. ``fsync`` adds machine-crash
+    durability; a killed process loses nothing already replaced either way."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def job_environment(
+    task: Mapping[str, Any], rank: int, local_rank: int, world_size: int, master_addr: str
+) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in PASSED_THROUGH_ENV or k.startswith(("SLURM_", "SLURMD_"))
+    }
+    env.update(task.get("env", {}))
+    env.update(
+        {
+            "RUN_ID": task["run_id"],
+            "RUN_DIR": task["run_dir"],
+            "METRICS_FILE": str(Path(task["run_dir"]) / "metrics.json"),
+            "ARTIFACTS_DIR": str(Path(task["run_dir"]) / "artifacts"),
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(task["master_port"]),
+            "WORLD_SIZE": str(world_size),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(local_rank),
+            "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
+        }
+    )
+    if task.get("array_index") is not None:
+        env["ARRAY_INDEX"] = str(task["array_index"])
+    devices = task.get("devices")
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    elif "CUDA_VISIBLE_DEVICES" in os.environ:  # set by Slurm for a GPU allocation
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+def run_rank(
+    run_dir: Path,
+    rank: int = 0,
+    local_rank: int = 0,
+    world_size: int = 1,
+    master_addr: str = "127.0.0.1",
+    wrap: ArgvWrapper | None = None,
+) -> int:
+    """Execute the task's argv for one rank; return its exit code (negative: killed by a signal)."""
+    task = json.loads((run_dir / TASK_FILE).read_text())
+    (run_dir / "artifacts").mkdir(exist_ok=True)
+    env = job_environment(task, rank, local_rank, world_size, master_addr)
+    argv = list(task["argv"])
+    if wrap is not None:
+        argv = wrap(argv, task)
+    host = socket.gethostname()
+    started = {
+        "rank": rank,
+        "host": os.environ.get("SLURMD_NODENAME", host),
+        "pid": os.getpid(),
+        "time": time.time(),
+    }
+    started["devices"] = env.get("CUDA_VISIBLE_DEVICES")
+    outcome: dict[str, Any] = {"rank": rank, "host": started["host"]}
+    with (
+        (run_dir / log_name("stdout", rank)).open("ab") as out,
+        (run_dir / log_name("stderr", rank)).open("ab") as err,
+    ):
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=task["cwd"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+        except OSError as exc:
+            err.write(f"remote-run: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
+            write_json_atomic(run_dir / f"started.{rank}.json", started)
+            outcome.update(
+                code=127, reason=f"cannot start {argv[0]!r}: {exc.strerror}", time=time.time()
+            )
+            write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
+            return 127
+        started["child_pid"] = proc.pid
+        write_json_atomic(run_dir / f"started.{rank}.json", started)
+        limit = task.get("time_limit_s")
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+            outcome["reason"] = f"time limit exceeded ({limit} s)"
+        except BaseException as exc:  # submitit's timeout signal handler raises into this frame
+            proc.kill()
+            code = proc.wait()
+            text = str(exc)
+            outcome["reason"] = (
+                "time limit exceeded" if "timed-out" in text else f"interrupted: {text}"
+            )
+            outcome.update(code=code, time=time.time())
+            write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
+            raise
+    outcome.update(code=code, time=time.time())
+    write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
+    return code
+
+
+def slurm_entry(run_dir: str) -> int:
+    """The function submitit runs in every Slurm task: ranks and master address from the allocation."""
+    import submitit
+
+    job_env = submitit.JobEnvironment()
+    master = job_env.hostnames[0] if job_env.hostnames else "127.0.0.1"
+    try:
+        master_addr = socket.gethostbyname(master)
+    except OSError:
+        master_addr = master
+    return run_rank(
+        Path(run_dir),
+        rank=job_env.global_rank,
+        local_rank=job_env.local_rank,
+        world_size=job_env.num_tasks,
+        master_addr=master_addr,
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m framework.dispatch.runner RUN_DIR", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return run_rank(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,157 @@
+"""Slurm executor: submission through submitit, state from ``sacct``, nodes from ``scontrol``.
+
+submitit writes the sbatch script (partition, account, QoS, time, nodes, tasks, GPUs) and runs
+:func:`framework.dispatch.runner.slurm_entry` in every task, which knows its rank from the
+allocation. An array submission becomes one Slurm job array (``map_array``). The broker watches the
+run directories for each rank's exit file (fast) and asks ``sacct`` for what the files cannot tell
+(cancelled, timed out, node failure).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from framework.config import ClusterSettings
+from framework.dispatch.models import NodeInfo, Resources
+
+TERMINAL_SLURM_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
+    }
+)
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+class SlurmBackend:
+    def __init__(self, cluster: ClusterSettings, folder: Path) -> None:
+        self.cluster = cluster
+        self.folder = folder
+
+    def check(self, resources: Resources, tasks: int) -> None:
+        if resources.nodes > self.cluster.max_nodes:
+            raise ValueError(
+                f"asks for {resources.nodes} nodes; cluster.max_nodes is {self.cluster.max_nodes}"
+            )
+        if self.cluster.gpus_per_node and resources.gpus > self.cluster.gpus_per_node:
+            raise ValueError(
+                f"asks for {resources.gpus} GPUs per node; cluster.gpus_per_node is {self.cluster.gpus_per_node}"
+            )
+        if tasks > self.cluster.max_array:
+            raise ValueError(
+                f"an array of {tasks} tasks; cluster.max_array is {self.cluster.max_array}"
+            )
+
+    def submit(
+        self, group_id: str, run_dirs: list[Path], resources: Resources, name: str
+    ) -> list[str]:
+        """Submit one job (or one array of len(run_dirs) tasks); return the Slurm job ids in order."""
+        import submitit
+
+        from framework.dispatch.runner import slurm_entry
+
+        minutes = resources.time_minutes or self.cluster.time_minutes
+        executor = submitit.SlurmExecutor(folder=self.folder / group_id / "%j", max_num_timeout=0)
+        params: dict[str, object] = {
+            "time": minutes,
+            "nodes": resources.nodes,
+            "ntasks_per_node": resources.tasks_per_node,
+            "cpus_per_task": resources.cpus,
+            "job_name": name,
+            # submitit signals the job this long before the limit; keep it inside short limits.
+            "signal_delay_s": min(90, max(5, minutes * 60 // 6)),
+            "array_parallelism": len(run_dirs),
+            "additional_parameters": {"no-requeue": True},
+        }
+        if resources.gpus:
+            params["gpus_per_node"] = resources.gpus
+        if resources.mem_gb:
+            params["mem"] = f"{int(resources.mem_gb * 1024)}M"
+        for key in ("partition", "account", "qos"):
+            value = getattr(self.cluster, key)
+            if value:
+                params[key] = value
+        executor.update_parameters(**params)
+        try:
+            if len(run_dirs) == 1:
+                return [str(executor.submit(slurm_entry, str(run_dirs[0])).job_id)]
+            jobs = executor.map_array(slurm_entry, [str(d) for d in run_dirs])
+        except subprocess.CalledProcessError as exc:
+            raise SlurmError(f"sbatch refused the job: {exc.output!r}") from None
+        except FileNotFoundError:
+            raise SlurmError("sbatch is not on PATH; is this host a Slurm submit node?") from None
+        return [str(job.job_id) for job in jobs]
+
+    def states(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """{job id: (state, node list)} from sacct, for plain and array task ids."""
+        if not job_ids:
+            return {}
+        queried = sorted({j.split("_")[0] for j in job_ids})
+        proc = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(queried)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        found: dict[str, tuple[str, str]] = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) == 3:
+                found[parts[0]] = (parts[1].split()[0] if parts[1] else "", parts[2])
+        return found
+
+    def cancel(self, job_id: str) -> None:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False, timeout=30)
+
+    def nodes(self) -> list[NodeInfo]:
+        proc = subprocess.run(
+            ["scontrol", "show", "node", "-o"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise SlurmError(f"scontrol show node failed: {proc.stderr.strip()}")
+        return [
+            parse_scontrol_node(line)
+            for line in proc.stdout.splitlines()
+            if line.startswith("NodeName=")
+        ]
+
+
+def _tres(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
+def parse_scontrol_node(line: str) -> NodeInfo:
+    """One line of ``scontrol show node -o`` -> NodeInfo (GPUs from CfgTRES/AllocTRES, else Gres)."""
+    fields = dict(token.split("=", 1) for token in line.split() if "=" in token)
+    cfg = _tres(fields.get("CfgTRES", ""))
+    alloc = _tres(fields.get("AllocTRES", ""))
+    gpus_total = int(cfg.get("gres/gpu", 0))
+    if not gpus_total:
+        for gres in fields.get("Gres", "").split(","):
+            if gres.startswith("gpu:"):
+                gpus_total += int(gres.rsplit(":", 1)[1].split("(")[0])
+    return NodeInfo(
+        name=fields.get("NodeName", "?"),
+        state=fields.get("State", "UNKNOWN").lower(),
+        gpus_total=gpus_total,
+        gpus_busy=int(alloc.get("gres/gpu", 0)),
+        cpus_total=int(fields.get("CPUTot", 0)),
+        cpus_busy=int(fields.get("CPUAlloc", 0)),
+    )
