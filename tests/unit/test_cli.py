@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from framework.cli import app
 
-HEAVY_MODULES = ("torch", "transformers", "docker", "submitit", "numpy", "git", "jinja2", "msgspec")
+HEAVY_MODULES = ("torch", "transformers", "docker", "submitit", "numpy", "git", "jinja2")
 
 
 def test_help_imports_no_heavy_module() -> None:
