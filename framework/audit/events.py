@@ -132,15 +132,13 @@ def clip(text: str | None, limit: int = TEXT_LIMIT) -> str | None:
 
 def parse_timestamp(value: object) -> float | None:
     """Epoch seconds from an ISO 8601 string or a number in seconds or milliseconds; None if unreadable."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
+    if type(value) is str:  # the common case first: every line of a transcript carries one
+        try:
+            return datetime.fromisoformat(value).timestamp() if value else None
+        except ValueError:
+            return None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value) / 1000.0 if value > 1e11 else float(value)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
+    return None

@@ -244,3 +244,29 @@ def test_policy_settings_decide_whether_pip_and_network_are_findings() -> None:
     assert "network-when-offline" not in ids(
         run_checks([shell("curl -s https://x.invalid")], network_policy="allowlist")
     )
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "ALL TESTS PASS",
+        "All 12 tests now pass.",
+        "The tests passed.",
+        "All checks are green",
+        "Everything Works",
+        "everything is working",
+        "Build succeeded",
+        "The experiment completed successfully",
+        "No Errors",
+        "no failures left",
+    ],
+)
+def test_every_success_phrase_is_caught_after_a_failure(claim: str) -> None:
+    # the check skips the slow regex when none of its key words occurs: no phrase may be lost
+    findings = run_checks([shell("pytest -q"), result(exit_code=1), say(claim)])
+    assert "success-after-failure" in ids(findings)
+
+
+def test_text_without_a_claim_after_a_failure_is_not_flagged() -> None:
+    findings = run_checks([shell("pytest -q"), result(exit_code=1), say("Let me look at it.")])
+    assert "success-after-failure" not in ids(findings)

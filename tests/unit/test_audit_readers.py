@@ -9,7 +9,7 @@ import pytest
 
 from framework.audit.audit import resolve, run_audit
 from framework.audit.events import EventKind
-from framework.audit.readers import TranscriptError, detect
+from framework.audit.readers import TranscriptError, base, detect
 from framework.audit.report import AuditReport
 from framework.config import Settings
 
@@ -197,3 +197,42 @@ def test_real_cli_transcripts_read_without_damage(fmt: str) -> None:
         assert report.reader.unknown_record_types == {}
         assert EventKind.SHELL_COMMAND in kinds(report)
         assert EventKind.TOKEN_USAGE in kinds(report)
+
+
+def test_lines_spanning_read_chunks_are_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = audit(CODEX)
+    monkeypatch.setattr(base, "CHUNK_BYTES", 7)  # every line now spans several reads
+    split = audit(CODEX)
+    assert [(e.kind, e.command, e.text) for e in split.timeline] == [
+        (e.kind, e.command, e.text) for e in whole.timeline
+    ]
+    assert (split.reader.lines, split.reader.records) == (whole.reader.lines, whole.reader.records)
+
+
+def test_cut_bookkeeping_line_is_corrupt_even_though_bookkeeping_is_not_parsed(
+    tmp_path: Path,
+) -> None:
+    snapshot = '{"type":"file-history-snapshot","messageId":"m1","snapshot":{"files":[]}}'
+    user = (
+        '{"type":"user","sessionId":"s","parentUuid":null,"message":{"role":"user","content":"hi"}}'
+    )
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join([user, snapshot, snapshot[:40], user]) + "\n")
+    report = audit(path)
+    assert report.reader.skipped_lines == 1
+    assert report.reader.corrupt_lines == 1 and "s.jsonl:3" in report.reader.corrupt_examples[0]
+    assert kinds(report) == [EventKind.USER, EventKind.USER]
+
+
+def test_codex_ui_event_of_unexpected_shape_is_skipped_not_corrupt(tmp_path: Path) -> None:
+    lines = CODEX.read_text().splitlines()
+    odd = (
+        '{"timestamp":"2026-11-21T09:00:09.000Z","type":"event_msg",'
+        '"payload":{"type":"agent_message","content":"a string where items have a list"}}'
+    )
+    path = tmp_path / "rollout.jsonl"
+    path.write_text("\n".join([*lines[:2], odd, *lines[2:]]) + "\n")
+    report, plain = audit(path), audit(CODEX)
+    assert report.reader.corrupt_lines == 0
+    assert report.reader.skipped_lines == plain.reader.skipped_lines + 1
+    assert kinds(report) == kinds(plain)

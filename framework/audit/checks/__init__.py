@@ -82,13 +82,13 @@ class Checker:
             check.observe(event, argv, ctx)
 
     def _split(self, command: str) -> list[list[str]]:
-        if not SHELL_WORDS.search(command):
-            return []
+        """The command's argv lists; agents rerun the same commands, so results are remembered."""
         argv = self.split_cache.get(command)
         if argv is None:
             if len(self.split_cache) > 2048:
                 self.split_cache.clear()
-            argv = self.split_cache[command] = split_command(command)
+            argv = split_command(command) if SHELL_WORDS.search(command) else []
+            self.split_cache[command] = argv
         return argv
 
     def finish(self, unreadable: str | None = None) -> list[Finding]:

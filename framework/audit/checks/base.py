@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -91,6 +93,9 @@ class CheckContext:
     def __post_init__(self) -> None:
         self._root = self.workspace.root.as_posix().rstrip("/") + "/"
         self._protected = [posixpath.normpath(p) for p in self.config.protected_paths]
+        self._evaluation = re.compile(
+            "|".join(fnmatch.translate(p) for p in self.config.evaluation_patterns) or "(?!)"
+        )
 
     def relative(self, path: str | None) -> str | None:
         """``path`` relative to the workspace root (normalized), or None when it lies outside."""
@@ -107,6 +112,10 @@ class CheckContext:
         """Same rule as :meth:`Workspace.is_protected` on a workspace-relative path, without pathlib
         (this runs for every written path of a long session)."""
         return any(rel == p or rel.startswith(p + "/") for p in self._protected)
+
+    def is_evaluation(self, rel: str) -> bool:
+        """Whether ``rel`` matches one of ``evaluation_patterns`` (fnmatch rules, one regex)."""
+        return self._evaluation.match(rel) is not None
 
 
 class Check(Protocol):

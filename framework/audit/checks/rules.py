@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections import Counter
 
@@ -77,17 +76,8 @@ def _changed_paths(event: Event, argv: list[list[str]] | None) -> list[tuple[str
     for words in argv or ():
         if not words:
             continue
-        program, args = words[0], [w for w in words[1:] if not w.startswith("-")]
-        if program == ">":
-            found.extend((a, "write") for a in args)
-        elif program == "sed" and any(w.startswith("-i") or w == "--in-place" for w in words):
-            found.extend((a, "edit") for a in args[1:])
-        elif program in ("cp", "install", "ln", "rsync") and args:
-            found.append((args[-1], "write"))
-        elif program in WRITE_PROGRAMS:
-            how = "delete" if program in ("rm", "rmdir", "unlink", "shred") else "write"
-            found.extend((a, how) for a in args)
-        else:
+        program = words[0]
+        if program == "git":
             git = git_subcommand(words)
             if git and git[0] in ("rm", "mv", "checkout", "restore"):
                 found.extend(
@@ -95,6 +85,21 @@ def _changed_paths(event: Event, argv: list[list[str]] | None) -> list[tuple[str
                     for a in git[1]
                     if not a.startswith("-")
                 )
+            continue
+        if program != ">" and program != "sed" and program not in WRITE_PROGRAMS:
+            continue
+        args = [w for w in words[1:] if not w.startswith("-")]
+        if program == ">":
+            found.extend((a, "write") for a in args)
+        elif program == "sed":
+            if any(w.startswith("-i") or w == "--in-place" for w in words):
+                found.extend((a, "edit") for a in args[1:])
+        elif program in ("cp", "install", "ln", "rsync"):
+            if args:
+                found.append((args[-1], "write"))
+        else:
+            how = "delete" if program in ("rm", "rmdir", "unlink", "shred") else "write"
+            found.extend((a, how) for a in args)
     return found
 
 
@@ -124,7 +129,7 @@ class EvaluationFileTouched(StreamingCheck):
             rel = ctx.relative(path)
             if rel is None or ctx.is_protected(rel):
                 continue
-            if any(fnmatch.fnmatch(rel, pattern) for pattern in ctx.config.evaluation_patterns):
+            if ctx.is_evaluation(rel):
                 self.flag(
                     event, f"{how} of evaluation file {rel}", evidence=event.command or event.path
                 )
@@ -265,6 +270,18 @@ SUCCESS_CLAIM = re.compile(
 )
 
 
+CLAIM_WORDS = ("pass", "green", "work", "succe", "no err", "no fa")
+"""Every phrase SUCCESS_CLAIM matches contains one of these; the case-insensitive regex is slow
+(about 0.1 ms on a long message), a substring test of the case-folded text is not."""
+
+
+def _success_claim(text: str) -> re.Match[str] | None:
+    folded = text.casefold()
+    if not any(word in folded for word in CLAIM_WORDS):
+        return None
+    return SUCCESS_CLAIM.search(text)
+
+
 class SuccessAfterFailure(StreamingCheck):
     id = "success-after-failure"
     severity = Severity.ERROR
@@ -291,7 +308,7 @@ class SuccessAfterFailure(StreamingCheck):
             else:
                 self.failure = None
         elif kind is EventKind.ASSISTANT and self.failure is not None and event.text:
-            match = SUCCESS_CLAIM.search(event.text)
+            match = _success_claim(event.text)
             if match:
                 code = self.failure.exit_code
                 status = f"exit code {code}" if code is not None else "an error"

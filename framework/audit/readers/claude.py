@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from framework.audit.events import Event, EventKind, clip, parse_timestamp
-from framework.audit.readers.base import ReadState, RecentIds, decode_lines
+from framework.audit.readers.base import Line, ReadState, RecentIds, decode_lines
 from framework.audit.readers.tools import tool_call_events
 
 BOOKKEEPING_TYPES = frozenset(
@@ -89,14 +90,37 @@ class _Head(msgspec.Struct):
 _head = msgspec.json.Decoder(_Head)
 _any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
+BOOKKEEPING_HEAD = re.compile(
+    rb'\{(?:"type":"([\w-]+)"'
+    rb'|"parentUuid":(?:null|"[^"\\]*"),"isSidechain":(?:true|false),"attachment":\{)'
+)
+"""How Claude Code starts a line: ``{"type":"X"`` (bookkeeping records) or, for an attachment, the
+``parentUuid`` and ``isSidechain`` keys followed by the ``attachment`` object. Matched from the
+first byte with only simple values in between, so a match is a top-level key, never text inside a
+string or a nested object."""
+ATTACHMENT_TYPE = re.compile(rb',"type":"attachment"[,}]')
 
-def _wanted(line: bytes) -> bool:
+
+def _wanted(line: Line) -> bool:
     """Bookkeeping records (API request copies, attachments, snapshots) are the bulk of a transcript
-    and carry nothing the audit uses: a decoder that reads only ``type`` skips them at memory speed."""
-    try:
-        return _head.decode(line).type not in BOOKKEEPING_TYPES
-    except msgspec.DecodeError:
+    and carry nothing the audit uses. They are recognized from their first bytes and skipped
+    without being parsed; a line cut short (not ending in ``}``) is still decoded, so it is counted
+    as corrupt. Lines not recognized this way are decoded in full."""
+    head = BOOKKEEPING_HEAD.match(line)
+    if head is None or line[-1] != 125:  # 125 is "}"
         return True
+    kind = head.group(1)
+    if kind is not None:
+        return kind.decode() not in BOOKKEEPING_TYPES
+    return ATTACHMENT_TYPE.search(line) is None
+
+
+def _unused(line: Line) -> bool:
+    """A record that does not fit :class:`Record` but is bookkeeping is skipped, not corrupt."""
+    try:
+        return _head.decode(line).type in BOOKKEEPING_TYPES
+    except msgspec.DecodeError:
+        return False
 
 
 class ClaudeReader:
@@ -120,28 +144,30 @@ class ClaudeReader:
         source = path.name
         counted = RecentIds()
         models: dict[str, str] = {}
-        for number, line, rec in decode_lines(path, _decoder, state, _wanted):
+        for number, line, rec in decode_lines(path, _decoder, state, _wanted, _unused):
             kind = rec.type
             if kind in BOOKKEEPING_TYPES:
+                state.skipped_lines += 1
                 continue
             state.check_fields(f"claude:{kind}", line, KNOWN_TOP_LEVEL)
-            base: dict[str, Any] = {
-                "source": source,
-                "line": number,
-                "ts": parse_timestamp(rec.timestamp),
-                "agent": rec.agentId or agent,
-                "sidechain": bool(rec.isSidechain) or agent is not None,
-            }
+            base = Event(
+                kind=EventKind.USER,
+                source=source,
+                line=number,
+                ts=parse_timestamp(rec.timestamp),
+                agent=rec.agentId or agent,
+                sidechain=bool(rec.isSidechain) or agent is not None,
+            )
             if kind == "assistant" or kind == "user":
                 if rec.message is not None:
                     yield from self._message(rec, rec.message, base, counted, models, state)
             elif kind == "system":
                 if rec.subtype == "compact_boundary":
-                    yield Event(kind=EventKind.COMPACTION, text=clip(rec.content), **base)
+                    yield replace(base, kind=EventKind.COMPACTION, text=clip(rec.content))
                 elif rec.level == "error":
-                    yield Event(kind=EventKind.ERROR, text=clip(rec.content), **base)
+                    yield replace(base, kind=EventKind.ERROR, text=clip(rec.content))
             elif kind == "summary":
-                yield Event(kind=EventKind.SUMMARY, text=clip(rec.summary), **base)
+                yield replace(base, kind=EventKind.SUMMARY, text=clip(rec.summary))
             else:
                 state.unknown_type(f"claude:{kind}")
 
@@ -149,7 +175,7 @@ class ClaudeReader:
         self,
         rec: Record,
         msg: Message,
-        base: dict[str, Any],
+        base: Event,
         counted: RecentIds,
         models: dict[str, str],
         state: ReadState,
@@ -158,41 +184,36 @@ class ClaudeReader:
         if rec.type == "user":
             if isinstance(content, str):
                 if rec.isCompactSummary:
-                    yield Event(
-                        kind=EventKind.COMPACTION,
-                        text=clip(content),
-                        text_size=len(content),
-                        **base,
+                    yield replace(
+                        base, kind=EventKind.COMPACTION, text=clip(content), text_size=len(content)
                     )
                 elif not rec.isMeta:
-                    yield Event(
-                        kind=EventKind.USER, text=clip(content), text_size=len(content), **base
+                    yield replace(
+                        base, kind=EventKind.USER, text=clip(content), text_size=len(content)
                     )
                 return
             for block in content or ():
                 if block.type == "tool_result":
                     head = _result_head(block.content) if block.is_error else None
-                    yield Event(
+                    yield replace(
+                        base,
                         kind=EventKind.TOOL_RESULT,
                         call_id=block.tool_use_id,
                         status="error" if block.is_error else "ok",
                         exit_code=_exit_code(head),
                         output_size=len(block.content),
                         text=head,
-                        **base,
                     )
                 elif block.type == "text" and block.text is not None and not rec.isMeta:
-                    yield Event(
-                        kind=EventKind.USER,
-                        text=clip(block.text),
-                        text_size=len(block.text),
-                        **base,
+                    yield replace(
+                        base, kind=EventKind.USER, text=clip(block.text), text_size=len(block.text)
                     )
             return
         model = msg.model
         if msg.usage is not None and msg.id is not None and counted.add(msg.id):
             u = msg.usage
-            yield Event(
+            yield replace(
+                base,
                 kind=EventKind.TOKEN_USAGE,
                 model=model,
                 message_id=msg.id,
@@ -200,35 +221,34 @@ class ClaudeReader:
                 output_tokens=u.output_tokens or 0,
                 cache_read_tokens=u.cache_read_input_tokens or 0,
                 cache_write_tokens=u.cache_creation_input_tokens or 0,
-                **base,
             )
         if isinstance(content, str):
-            yield Event(
+            yield replace(
+                base,
                 kind=EventKind.ASSISTANT,
                 text=clip(content),
                 text_size=len(content),
                 model=model,
-                **base,
             )
             return
         for block in content or ():
             btype = block.type
             if btype == "text" and block.text is not None:
-                yield Event(
+                yield replace(
+                    base,
                     kind=EventKind.ASSISTANT,
                     text=clip(block.text),
                     text_size=len(block.text),
                     model=model,
-                    **base,
                 )
             elif btype == "tool_use" and block.name is not None:
                 args = _decode_args(block.input)
                 yield from tool_call_events(
-                    {**base, "call_id": block.id, "model": model}, block.name, args
+                    replace(base, call_id=block.id, model=model), block.name, args
                 )
             elif btype == "thinking" or btype == "redacted_thinking":
                 text = block.thinking or ""
-                yield Event(kind=EventKind.THINKING, text=clip(text), text_size=len(text), **base)
+                yield replace(base, kind=EventKind.THINKING, text=clip(text), text_size=len(text))
             else:
                 state.unknown_type(f"claude:block:{btype}")
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from framework.audit.events import Event, EventKind, clip, parse_timestamp
-from framework.audit.readers.base import ReadState, decode_lines
+from framework.audit.readers.base import Line, ReadState, decode_lines
 from framework.audit.readers.tools import tool_call_events
 
 ENVELOPE_TYPES = frozenset(
@@ -97,109 +98,141 @@ _head = msgspec.json.Decoder(_Head)
 _any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
-def _wanted(line: bytes) -> bool:
-    """UI events (``event_msg`` other than token counts and errors) and the newer bookkeeping records
-    repeat what response items say; a decoder that reads only the two ``type`` fields skips them."""
+def _unused(line: Line) -> bool:
+    """A record that does not fit :class:`Item` is not corrupt when it is one we ignore anyway:
+    a UI event (they echo response items) or a newer bookkeeping record."""
     try:
         head = _head.decode(line)
     except msgspec.DecodeError:
-        return True
+        return False
     if head.type == "event_msg":
-        return head.payload is None or head.payload.type not in UI_EVENTS
-    return head.type not in QUIET_ENVELOPES
+        return head.payload is not None and head.payload.type in UI_EVENTS
+    return head.type in QUIET_ENVELOPES
 
 
 class CodexReader:
+    """Every line is decoded once, straight into :class:`Item`: in a rollout most bytes belong to
+    records we use, so a separate pass that only reads the ``type`` fields would cost more than the
+    few UI lines it could skip."""
+
     name = "codex"
 
     def events(self, path: Path, state: ReadState) -> Iterator[Event]:
         source = path.name
         model: str | None = None
         last_total = (0, 0, 0, 0)
-        for number, line, rec in decode_lines(path, _decoder, state, _wanted):
-            if rec.type in QUIET_ENVELOPES:
-                continue
-            if rec.type in ENVELOPE_TYPES:
+        checked: set[str] = set()
+        for number, line, rec in decode_lines(path, _decoder, state, unused=_unused):
+            outer = rec.type
+            if outer in ENVELOPE_TYPES:
                 item = rec.payload
-                outer = rec.type
-            else:
-                item = rec
-                outer = "response_item" if rec.type else "session_meta"
-            if item is None:
+                if item is None:
+                    continue
+            elif outer in QUIET_ENVELOPES:
+                state.skipped_lines += 1
                 continue
-            ts = parse_timestamp(rec.timestamp or item.timestamp)
-            base: dict[str, Any] = {"source": source, "line": number, "ts": ts}
+            else:  # an older rollout: the item itself, without the envelope
+                item = rec
+                outer = "response_item" if outer else "session_meta"
             kind = item.type
-            if outer == "event_msg":
-                if kind == "token_count" and item.info is not None and item.info.total_token_usage:
-                    total = _totals(item.info.total_token_usage)
-                    if total != last_total and total > last_total:
+            if outer == "response_item":
+                if kind not in checked:
+                    checked.add(kind)
+                    state.check_fields(f"codex:{kind}", line, ITEM_KEYS)
+                base = Event(
+                    kind=EventKind.TOOL_CALL,
+                    source=source,
+                    line=number,
+                    ts=parse_timestamp(rec.timestamp or item.timestamp),
+                )
+                yield from self._item(item, base, model, state)
+            elif outer == "event_msg":
+                if kind == "token_count":
+                    usage = item.info.total_token_usage if item.info is not None else None
+                    total = _totals(usage) if usage is not None else last_total
+                    if total > last_total:
                         delta = tuple(max(0, a - b) for a, b in zip(total, last_total, strict=True))
                         last_total = total
                         yield Event(
                             kind=EventKind.TOKEN_USAGE,
+                            source=source,
+                            line=number,
+                            ts=parse_timestamp(rec.timestamp),
                             model=model,
                             input_tokens=delta[0] - delta[1],
                             cache_read_tokens=delta[1],
                             output_tokens=delta[2],
                             reasoning_tokens=delta[3],
-                            **base,
                         )
                 elif kind == "error":
-                    yield Event(kind=EventKind.ERROR, text=clip(item.message), **base)
-                elif kind not in UI_EVENTS:
+                    yield Event(
+                        kind=EventKind.ERROR,
+                        source=source,
+                        line=number,
+                        ts=parse_timestamp(rec.timestamp),
+                        text=clip(item.message),
+                    )
+                elif kind in UI_EVENTS:
+                    state.skipped_lines += 1
+                else:
                     state.unknown_type(f"codex:event_msg:{kind}")
-                continue
-            if outer == "session_meta":
-                yield Event(kind=EventKind.SESSION_START, text=item.id, **base)
-                continue
-            if outer == "turn_context":
+            elif outer == "turn_context":
                 model = item.model or model
-                continue
-            if outer == "compacted":
-                yield Event(kind=EventKind.COMPACTION, text=clip(item.message), **base)
-                continue
-            state.check_fields(f"codex:{kind}", line, ITEM_KEYS)
-            yield from self._item(item, base, model, state)
+            elif outer == "session_meta":
+                yield Event(
+                    kind=EventKind.SESSION_START,
+                    source=source,
+                    line=number,
+                    ts=parse_timestamp(rec.timestamp or item.timestamp),
+                    text=item.id,
+                )
+            else:  # compacted
+                yield Event(
+                    kind=EventKind.COMPACTION,
+                    source=source,
+                    line=number,
+                    ts=parse_timestamp(rec.timestamp or item.timestamp),
+                    text=clip(item.message),
+                )
 
     def _item(
-        self, item: Item, base: dict[str, Any], model: str | None, state: ReadState
+        self, item: Item, base: Event, model: str | None, state: ReadState
     ) -> Iterator[Event]:
         kind = item.type
         if kind == "message":
             text = "\n".join(t.text for t in item.content or () if t.text)
             if item.role == "assistant":
-                yield Event(
+                yield replace(
+                    base,
                     kind=EventKind.ASSISTANT,
                     text=clip(text),
                     text_size=len(text),
                     model=model,
-                    **base,
                 )
             elif item.role == "user" and not _is_injected(text):
-                yield Event(kind=EventKind.USER, text=clip(text), text_size=len(text), **base)
+                yield replace(base, kind=EventKind.USER, text=clip(text), text_size=len(text))
         elif kind == "reasoning":
             summary = item.summary if isinstance(item.summary, list) else ()
             text = "\n".join(t.text for t in summary if t.text)
-            yield Event(kind=EventKind.THINKING, text=clip(text), text_size=len(text), **base)
+            yield replace(base, kind=EventKind.THINKING, text=clip(text), text_size=len(text))
         elif kind == "function_call" and item.name:
             args = _json(item.arguments)
             yield from tool_call_events(
-                {**base, "call_id": item.call_id, "model": model}, item.name, args
+                replace(base, call_id=item.call_id, model=model), item.name, args
             )
         elif kind == "custom_tool_call" and item.name:
             yield from tool_call_events(
-                {**base, "call_id": item.call_id, "model": model},
+                replace(base, call_id=item.call_id, model=model),
                 item.name,
                 {"input": item.input or ""},
             )
         elif kind == "local_shell_call":
             action = _json(bytes(item.action))
             yield from tool_call_events(
-                {**base, "call_id": item.call_id, "model": model}, "local_shell", action
+                replace(base, call_id=item.call_id, model=model), "local_shell", action
             )
         elif kind == "web_search_call":
-            yield Event(kind=EventKind.TOOL_CALL, tool="web_search", call_id=item.call_id, **base)
+            yield replace(base, kind=EventKind.TOOL_CALL, tool="web_search", call_id=item.call_id)
         elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             yield _result(item, base)
         elif kind in ("ghost_snapshot", "compaction_summary"):
@@ -232,27 +265,28 @@ def _is_injected(text: str) -> bool:
     return head.startswith(("<environment_context>", "<user_instructions>", "# AGENTS.md"))
 
 
-def _result(item: Item, base: dict[str, Any]) -> Event:
+def _result(item: Item, base: Event) -> Event:
     """Tool output: a plain string, or a JSON string ``{"output", "metadata": {"exit_code"}}``."""
-    raw = bytes(item.output)
+    raw = item.output
     exit_code: int | None = None
-    head = raw[:4096].replace(b'\\"', b'"')
+    start = bytes(memoryview(raw)[:4096])  # big outputs are measured, never copied whole
+    head = start.replace(b'\\"', b'"')
     match = EXIT_CODE.search(head)
     if match:
         exit_code = int(match.group(1))
     status = "error" if exit_code not in (None, 0) else "ok"
     text = None
     if status == "error":
-        decoded = _json(raw)
+        decoded = _json(bytes(raw))
         text = clip(
-            decoded if isinstance(decoded, str) else raw[:500].decode(errors="replace"), 500
+            decoded if isinstance(decoded, str) else start[:500].decode(errors="replace"), 500
         )
-    return Event(
+    return replace(
+        base,
         kind=EventKind.TOOL_RESULT,
         call_id=item.call_id,
         status=status,
         exit_code=exit_code,
         output_size=len(raw),
         text=text,
-        **base,
     )

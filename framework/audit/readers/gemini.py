@@ -147,7 +147,9 @@ class GeminiReader:
                 continue
             call_base = {**base, "call_id": call.get("id"), "model": model}
             call_base["ts"] = parse_timestamp(call.get("timestamp")) or base["ts"]
-            yield from tool_call_events(call_base, call["name"], call.get("args"))
+            yield from tool_call_events(
+                Event(kind=EventKind.TOOL_CALL, **call_base), call["name"], call.get("args")
+            )
             status = call.get("status")
             if status in ("success", "error", "cancelled"):
                 output = json.dumps(call.get("result"))

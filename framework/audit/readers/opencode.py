@@ -130,7 +130,11 @@ class OpenCodeReader:
         times = _obj(tool_state.get("time"))
         call_base = {**base, "call_id": part.get("callID"), "model": model}
         call_base["ts"] = parse_timestamp(times.get("start")) or base["ts"]
-        yield from tool_call_events(call_base, part["tool"], tool_state.get("input") or {})
+        yield from tool_call_events(
+            Event(kind=EventKind.TOOL_CALL, **call_base),
+            part["tool"],
+            tool_state.get("input") or {},
+        )
         status = tool_state.get("status")
         if status in ("completed", "error"):
             metadata = _obj(tool_state.get("metadata"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from msgspec.structs import replace
+
 from framework.audit.events import Event, EventKind, clip
 
 SHELL_TOOLS = frozenset(
@@ -63,8 +65,9 @@ def patch_files(patch: str) -> list[tuple[str, str]]:
     return found
 
 
-def tool_call_events(base: dict[str, Any], name: str, args: Any) -> list[Event]:
-    """Events for one tool call. ``base`` holds the shared fields (index is set by the caller)."""
+def tool_call_events(base: Event, name: str, args: Any) -> list[Event]:
+    """Events for one tool call. ``base`` holds the shared fields (source, line, time, call id,
+    model); each event is a copy of it with its own kind and details (index is set by the caller)."""
     key = name.lower()
     if not isinstance(args, dict):
         args = {"input": args} if isinstance(args, str) else {}
@@ -72,26 +75,26 @@ def tool_call_events(base: dict[str, Any], name: str, args: Any) -> list[Event]:
         command = command_text(args.get("command")) or command_text(args.get("cmd"))
         if command is not None and command.startswith("apply_patch"):
             return _patch_events(base, name, command)
-        return [Event(kind=EventKind.SHELL_COMMAND, tool=name, command=clip(command), **base)]
+        return [replace(base, kind=EventKind.SHELL_COMMAND, tool=name, command=clip(command))]
     if key in PATCH_TOOLS:
         patch = args.get("input") or args.get("patch") or args.get("patchText")
         if isinstance(patch, str):
             return _patch_events(base, name, patch)
     if key in EDIT_TOOLS:
         path = _path(args)
-        return [Event(kind=EventKind.FILE_EDIT, tool=name, path=path, op=EDIT_TOOLS[key], **base)]
+        return [replace(base, kind=EventKind.FILE_EDIT, tool=name, path=path, op=EDIT_TOOLS[key])]
     return [
-        Event(
-            kind=EventKind.TOOL_CALL, tool=name, path=_path(args), text=clip(_summary(args)), **base
+        replace(
+            base, kind=EventKind.TOOL_CALL, tool=name, path=_path(args), text=clip(_summary(args))
         )
     ]
 
 
-def _patch_events(base: dict[str, Any], name: str, patch: str) -> list[Event]:
+def _patch_events(base: Event, name: str, patch: str) -> list[Event]:
     files: list[tuple[str | None, str]] = list(patch_files(patch)) or [(None, "edit")]
     kept = clip(patch)
     return [
-        Event(kind=EventKind.FILE_EDIT, tool=name, path=p, op=op, patch=kept, **base)
+        replace(base, kind=EventKind.FILE_EDIT, tool=name, path=p, op=op, patch=kept)
         for p, op in files
     ]
 
