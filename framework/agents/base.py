@@ -1,0 +1,81 @@
+"""What the launcher needs to know about one CLI coding agent.
+
+Each agent module (claude.py, codex.py, gemini.py, opencode.py) defines one :class:`AgentProfile`.
+Paths under ``home`` are relative to HOME inside the sandbox, which is the per-project agent state
+dir on the host; so login, settings and session files persist across launches and the host's own
+dot-directories are never involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class AgentInvocation(BaseModel):
+    """How the agent is asked to run in this session."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str | None = Field(default=None, description="headless when set, interactive otherwise")
+    model: str | None = None
+    yolo: bool = False
+    resume: str | None = Field(default=None, description="session id to resume")
+    continue_last: bool = False
+    extra_args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_resume_mode(self) -> AgentInvocation:
+        if self.resume and self.continue_last:
+            raise ValueError("use either --resume ID or --continue, not both")
+        return self
+
+    @property
+    def headless(self) -> bool:
+        return self.prompt is not None
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    name: str
+    binary: str
+    package: str
+    instruction_files: tuple[str, ...]
+    state_paths: tuple[str, ...]
+    """Files and directories under HOME that hold login, settings and sessions."""
+    transcript_globs: tuple[str, ...]
+    """Globs under HOME that match the session transcripts copied to the session store."""
+    api_key_env: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, how: AgentInvocation) -> list[str]:
+        raise NotImplementedError
+
+    def version_argv(self) -> list[str]:
+        return [self.binary, "--version"]
+
+    def environment(self, how: AgentInvocation) -> dict[str, str]:
+        """Fixed variables the agent needs inside the sandbox (no secrets)."""
+        return dict(self.env)
+
+    def prepare_home(self, home: Path) -> None:
+        """Create the state paths so bind mounts and first runs find them."""
+        for rel in self.state_paths:
+            path = home / rel
+            if rel.endswith(".json"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    path.write_text("{}\n")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+
+    def transcripts(self, home: Path) -> list[Path]:
+        """Regular files (never symlinks) under ``home`` that match the transcript globs."""
+        found: set[Path] = set()
+        for pattern in self.transcript_globs:
+            for path in home.glob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    found.add(path)
+        return sorted(found)

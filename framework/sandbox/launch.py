@@ -1,0 +1,456 @@
+"""Launch one agent session: settings -> workspace + agent profile -> SandboxSpec -> runtime.
+
+Everything the CLI's ``launch`` does is :func:`launch`; the end-to-end demo calls it directly
+with a headless prompt and ``model_endpoint`` pointing at a local scripted model server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from framework.agents import AgentInvocation, AgentProfile, get_agent
+from framework.config import AgentTool, Mount, NetworkPolicy, RuntimeName, Settings, load_settings
+from framework.sandbox.proxy import EgressProxy
+from framework.sandbox.runtime import SandboxError, Stdio, get_runtime
+from framework.sandbox.spec import (
+    PROXY_PORT,
+    SANDBOX_HOME,
+    BindMount,
+    PortForward,
+    Resources,
+    SandboxSpec,
+    allowlisted_env,
+)
+from framework.sandbox.store import SessionRecord, SessionStore, new_session_id
+from framework.workspace import Workspace, find_root, git_state
+
+if TYPE_CHECKING:
+    from framework.ledger import Ledger
+
+FORWARDER = Path(__file__).with_name("forward.py")
+SANDBOX_PATH = "/home/agent/.local/bin:/opt/uv/bin:/usr/local/bin:/usr/bin:/bin"
+CLIENT_BIN_DIR = Path("/opt/agentic-researcher/bin")
+"""Where the broker's client (``remote-run``) is mounted inside, first on PATH."""
+DOCKER_SOCKETS = (Path("/var/run/docker.sock"), Path("/run/docker.sock"))
+
+
+class LaunchRequest(BaseModel):
+    """One session to start. Unset fields fall back to the workspace's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workspace: Path = Field(default_factory=Path.cwd)
+    tool: AgentTool | None = None
+    runtime: RuntimeName | None = None
+    prompt: str | None = Field(default=None, description="run headless with this prompt")
+    yolo: bool = False
+    resume: str | None = None
+    continue_last: bool = False
+    model: str | None = None
+    gpus: str | None = None
+    network: NetworkPolicy | None = None
+    mounts: list[Mount] = Field(default_factory=list)
+    extra_args: list[str] = Field(default_factory=list)
+    extra_env: dict[str, str] = Field(
+        default_factory=dict, description="explicit values set inside, e.g. ANTHROPIC_BASE_URL"
+    )
+    model_endpoint: str | None = Field(
+        default=None,
+        description="http://HOST:PORT of a model server on the host, reachable inside at the same "
+        "URL (network 'allowlist': through a dedicated bridge; 'open': directly)",
+    )
+    command: list[str] | None = Field(
+        default=None, description="run this argv instead of the agent (shells, tests, benchmarks)"
+    )
+    broker: bool = True
+    render_methodology: bool = True
+    record_in_ledger: bool = True
+    query_version: bool = True
+    detach: bool = False
+    capture_output: bool = Field(
+        default=False, description="save stdout/stderr to the session dir instead of printing"
+    )
+    settings: Settings | None = Field(default=None, description="preloaded settings (else loaded)")
+
+    @field_validator("model_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or url.port is None:
+            raise ValueError(f"model_endpoint must look like http://127.0.0.1:8080, got {value!r}")
+        return value
+
+
+@dataclass
+class _Session:
+    """Host-side resources of a running session, released in ``close``."""
+
+    bridge_dir: Path | None = None
+    proxy: EgressProxy | None = None
+    broker: Any = None
+    ledger: Ledger | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def stop_services(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.bridge_dir is not None:
+            shutil.rmtree(self.bridge_dir, ignore_errors=True)
+
+    def close_ledger(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def launch(
+    request: LaunchRequest,
+    *,
+    stdio: Stdio | None = None,
+    egress_hosts: Mapping[str, str] | None = None,
+) -> SessionRecord:
+    """Run one sandboxed session to its end and return its record (also saved in the store).
+
+    ``egress_hosts`` (name -> IP, consulted by the egress proxy before DNS) exists for tests
+    that stand up "allowed" and "denied" servers on loopback; it is not reachable from settings.
+    """
+    settings = request.settings or _load(request)
+    root = find_root(request.workspace)
+    workspace = Workspace(root=root, settings=settings)
+    tool = request.tool or settings.agent.tool
+    runtime_name = request.runtime or settings.sandbox.runtime
+    network = request.network or settings.sandbox.network
+    profile = get_agent(tool)
+    runtime = get_runtime(runtime_name)
+    if request.detach and runtime_name == "bwrap":
+        raise SandboxError("detached sessions need a container runtime: use --runtime docker")
+    if request.detach and (network == "allowlist" or request.broker):
+        raise SandboxError(
+            "a detached session outlives this launcher, and with it the egress proxy and the "
+            "broker: detach only with --network none or open, and --no-broker"
+        )
+    if network == "none" and request.model_endpoint:
+        raise SandboxError(
+            "network 'none' cannot reach a model endpoint; use --network allowlist, which "
+            "opens exactly that endpoint (plus the allowlisted domains)"
+        )
+
+    how = AgentInvocation(
+        prompt=request.prompt,
+        model=request.model or settings.agent.model,
+        yolo=request.yolo,
+        resume=request.resume,
+        continue_last=request.continue_last,
+        extra_args=[*settings.agent.extra_args, *request.extra_args],
+    )
+    argv = request.command or profile.argv(how)
+    uid, gid = sandbox_ids(runtime_name, root)
+    if runtime_name != "bwrap" and os.getuid() == 0 and root.stat().st_uid == 0:
+        raise SandboxError(
+            f"workspace {root} is owned by root, and in a container the agent runs as uid {uid}, "
+            f"so it could not write there: `chown -R {uid}:{gid} {root}` (or run as your own "
+            "user), or use --runtime bwrap, which maps the agent back to root"
+        )
+    home = workspace.state_dir / "agent-home" / tool
+    # bwrap maps the sandbox uid back to the launcher's; containers use the uid as it is.
+    owner = (os.getuid(), os.getgid()) if runtime_name == "bwrap" else (uid, gid)
+    prepare_agent_home(profile, home, *owner)
+
+    record = SessionRecord(
+        id=new_session_id(),
+        tool=tool,
+        model=how.model,
+        runtime=runtime_name,
+        network=network,
+        workspace=root,
+        started_at=datetime.now(UTC),
+        git_commit_before=git_state(root).commit,
+        headless=request.prompt is not None or request.command is not None,
+        detached=request.detach,
+    )
+    store = SessionStore(workspace.sessions_dir)
+    session = _Session()
+    started = False
+    if network == "open":
+        session.notes.append("network 'open': the agent can reach any host the launcher can")
+        print(
+            "warning: network 'open' gives the agent unrestricted network access",
+            file=sys.stderr,
+        )
+    try:
+        if request.render_methodology and request.command is None:
+            _render(settings, tool, root)
+        mounts = [
+            *workspace_mounts(workspace),
+            BindMount(source=home, target=SANDBOX_HOME, read_only=False),
+        ]
+        mounts += [_user_mount(m) for m in [*settings.sandbox.mounts, *request.mounts]]
+        env = allowlisted_env(
+            os.environ,
+            [*settings.sandbox.env_allowlist, *settings.agent.api_key_env],
+            {**settings.sandbox.env, **profile.environment(how), **request.extra_env},
+        )
+        env.update({"HOME": str(SANDBOX_HOME), "USER": "agent", "PATH": SANDBOX_PATH})
+        env.setdefault("TERM", "xterm-256color" if sys.stdout.isatty() else "dumb")
+        env["AR_SESSION_ID"] = record.id
+        forwards = _network(session, network, settings, request.model_endpoint, egress_hosts, env)
+        if request.broker:
+            mounts += _broker(session, root, settings, record.id, env, owner)
+        spec = SandboxSpec(
+            argv=argv,
+            image=settings.sandbox.image,
+            workdir=root,
+            mounts=sorted(mounts, key=lambda m: len(m.target.parts)),
+            uid=uid,
+            gid=gid,
+            env=env,
+            network=network,
+            forwards=forwards,
+            gpus=request.gpus or settings.sandbox.gpus,
+            resources=Resources(
+                pids=settings.sandbox.pids_limit,
+                memory_bytes=int(settings.sandbox.memory_gb * 2**30)
+                if settings.sandbox.memory_gb
+                else None,
+                cpus=settings.sandbox.cpus,
+            ),
+            interactive=request.prompt is None and request.command is None,
+            detach=request.detach,
+            labels={"agentic-researcher.session": record.id},
+        )
+        if request.record_in_ledger:
+            from framework.ledger import open_ledger
+
+            session.ledger = open_ledger(workspace.ledger_url)
+        store.save(record)
+        _record_event(session, "session_started", record)
+        started = True
+        io = stdio or Stdio(capture=request.capture_output)
+        result = runtime.run(spec, session.bridge_dir, io)
+        record.ended_at = datetime.now(UTC)
+        record.exit_code = result.exit_code
+        record.container_id = result.container_id
+        if io.capture:
+            _save_output(store, record, result.stdout, result.stderr)
+        if request.query_version and request.command is None and not request.detach:
+            record.tool_version = query_version(runtime_name, spec, profile)
+    except BaseException as exc:
+        session.notes.append(f"launch failed: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        session.stop_services()
+        if started:
+            _finish(record, store, root, home, profile, session.notes)
+            _record_event(session, "session_ended", record)
+        session.close_ledger()
+    return record
+
+
+def _finish(
+    record: SessionRecord,
+    store: SessionStore,
+    root: Path,
+    home: Path,
+    profile: AgentProfile,
+    notes: list[str],
+) -> None:
+    """Complete and save the record: end time, git state after, notes, transcripts copied out."""
+    record.ended_at = record.ended_at or datetime.now(UTC)
+    after = git_state(root)
+    record.git_commit_after = after.commit
+    record.git_dirty_after = after.dirty
+    record.notes += notes
+    record.transcripts += store.copy_transcripts(record, home, profile.transcripts(home))
+    store.save(record)
+
+
+def _load(request: LaunchRequest) -> Settings:
+    return load_settings(workspace=find_root(request.workspace)).settings
+
+
+def sandbox_ids(runtime: str, workspace: Path) -> tuple[int, int]:
+    """The uid/gid the agent runs as: never root inside.
+
+    A non-root launcher's own ids. For root: in bwrap uid 1000 maps back to root on the host (so
+    files stay root's); in containers, which do not remap, the workspace owner's ids, else 1000.
+    """
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    if runtime == "bwrap":
+        return 1000, 1000
+    st = workspace.stat()
+    if st.st_uid != 0:
+        return st.st_uid, st.st_gid
+    return 1000, 1000
+
+
+def prepare_agent_home(profile: AgentProfile, home: Path, uid: int, gid: int) -> None:
+    """Create the agent's state paths, owned (when we can) by the host uid the agent maps to."""
+    home.mkdir(parents=True, exist_ok=True)
+    profile.prepare_home(home)
+    if os.getuid() == 0:
+        for path in [home, *home.rglob("*")]:
+            if path.lstat().st_uid != uid:
+                os.lchown(path, uid, gid)
+
+
+def workspace_mounts(workspace: Workspace) -> list[BindMount]:
+    """The workspace read-write at its host path, and each protected path read-only over it."""
+    root = workspace.root
+    mounts = [BindMount(source=root, target=root, read_only=False)]
+    for relative, path in zip(
+        workspace.settings.research.protected_paths, workspace.protected(), strict=True
+    ):
+        _refuse_symlinks(root, path)
+        if not path.exists():
+            if not relative.endswith("/"):
+                continue
+            # Creating the empty directory protects it from being created by the agent too.
+            path.mkdir(parents=True, exist_ok=True)
+        mounts.append(BindMount(source=path, target=path, read_only=True))
+    return mounts
+
+
+def _refuse_symlinks(root: Path, path: Path) -> None:
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            raise SandboxError(
+                f"protected path {current} is a symlink (to {os.readlink(current)}); a session "
+                "may have planted it. Inspect it, replace it with the real file or directory, "
+                "and launch again"
+            )
+
+
+def _user_mount(mount: Mount) -> BindMount:
+    source = mount.source.resolve()
+    if not source.exists():
+        raise SandboxError(
+            f"mount source {mount.source} does not exist; fix --mount or sandbox.mounts"
+        )
+    home = Path.home().resolve()
+    if source == home or source in home.parents or source in DOCKER_SOCKETS:
+        raise SandboxError(
+            f"refusing to mount {source}: it exposes the host home or the Docker socket; "
+            "mount the specific directory the agent needs"
+        )
+    return BindMount(source=source, target=mount.destination, read_only=mount.read_only)
+
+
+def _network(
+    session: _Session,
+    network: str,
+    settings: Settings,
+    model_endpoint: str | None,
+    egress_hosts: Mapping[str, str] | None,
+    env: dict[str, str],
+) -> list[PortForward]:
+    if network != "allowlist":
+        return []
+    bridge = Path(tempfile.mkdtemp(prefix="ar-bridge-"))
+    os.chmod(bridge, 0o755)
+    session.bridge_dir = bridge
+    shutil.copyfile(FORWARDER, bridge / "forward.py")
+    proxy = EgressProxy(
+        allowlist=list(settings.sandbox.network_allowlist), hosts=egress_hosts or {}
+    )
+    session.proxy = proxy
+    forwards = [PortForward(port=PROXY_PORT, socket=proxy.serve_proxy(bridge / "proxy.sock"))]
+    proxy_url = f"http://127.0.0.1:{PROXY_PORT}"
+    no_proxy = "127.0.0.1,localhost"
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        env[name] = proxy_url
+    env["NO_PROXY"] = env["no_proxy"] = no_proxy
+    if model_endpoint:
+        url = urlsplit(model_endpoint)
+        assert url.hostname is not None and url.port is not None
+        socket_path = proxy.serve_bridge(bridge / "model.sock", url.hostname, url.port)
+        forwards.append(PortForward(port=url.port, socket=socket_path))
+        session.notes.append(f"model endpoint {model_endpoint} bridged into the sandbox")
+    return forwards
+
+
+def _broker(
+    session: _Session,
+    root: Path,
+    settings: Settings,
+    session_id: str,
+    env: dict[str, str],
+    owner: tuple[int, int],
+) -> list[BindMount]:
+    try:
+        from framework.dispatch.broker import start_broker  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        session.notes.append("no broker: framework.dispatch.broker is not available")
+        return []
+    handle = start_broker(root, settings, session_id)
+    session.broker = handle
+    env.update(handle.env)
+    env["PATH"] = f"{CLIENT_BIN_DIR}:{env['PATH']}"
+    channel = Path(handle.channel_path)
+    client = Path(handle.client_path)
+    if os.getuid() == 0:
+        # The channel is 0700: it must belong to the host uid the agent maps to.
+        for path in [channel, *channel.iterdir()]:
+            os.lchown(path, *owner)
+    return [
+        BindMount(source=channel, target=channel, read_only=False),
+        BindMount(source=client, target=CLIENT_BIN_DIR / client.name, read_only=True),
+    ]
+
+
+def _render(settings: Settings, tool: str, root: Path) -> None:
+    from framework.prompts import PromptError, render_for_tool
+
+    try:
+        render_for_tool(settings, tool, root, root)
+    except PromptError as exc:
+        raise SandboxError(f"cannot render the methodology for {tool}: {exc}") from None
+
+
+def _record_event(session: _Session, kind: str, record: SessionRecord) -> None:
+    if session.ledger is not None:
+        payload = record.model_dump(mode="json", exclude={"notes"})
+        session.ledger.append(kind, session_id=record.id, payload=payload)
+
+
+def _save_output(
+    store: SessionStore, record: SessionRecord, out: bytes | None, err: bytes | None
+) -> None:
+    directory = store.path(record.id)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "stdout.txt").write_bytes(out or b"")
+    (directory / "stderr.txt").write_bytes(err or b"")
+
+
+def query_version(runtime_name: str, spec: SandboxSpec, profile: AgentProfile) -> str | None:
+    """``<agent> --version`` in a sandbox like the session's, without network."""
+    probe = spec.model_copy(
+        update={
+            "argv": profile.version_argv(),
+            "network": "none",
+            "forwards": [],
+            "interactive": False,
+        }
+    )
+    try:
+        result = get_runtime(runtime_name).run(probe, None, Stdio(capture=True))
+    except SandboxError:
+        return None
+    text = (result.stdout or b"").decode(errors="replace").strip()
+    return text.splitlines()[0][:200] if result.exit_code == 0 and text else None

@@ -1,0 +1,88 @@
+"""Agent profiles: the argv each CLI gets, and where its state and transcripts live."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from framework.agents import AGENTS, AgentInvocation, get_agent
+
+
+def test_claude_headless_yolo_resume_and_model() -> None:
+    claude = get_agent("claude")
+    how = AgentInvocation(prompt="go", yolo=True, resume="s-1", model="opus")
+    assert claude.argv(how) == [
+        "claude", "--model", "opus", "--dangerously-skip-permissions", "--resume", "s-1",
+        "-p", "go", "--output-format", "stream-json", "--verbose",
+    ]  # fmt: skip
+    assert claude.argv(AgentInvocation(continue_last=True)) == ["claude", "--continue"]
+    assert claude.state_paths == (".claude", ".claude.json")
+    assert claude.instruction_files == ("CLAUDE.md",)
+
+
+def test_codex_uses_exec_for_headless_and_resume_subcommands() -> None:
+    codex = get_agent("codex")
+    assert codex.argv(AgentInvocation(prompt="go", yolo=True)) == [
+        "codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--json", "go",
+    ]  # fmt: skip
+    assert codex.argv(AgentInvocation(continue_last=True)) == ["codex", "resume", "--last"]
+    assert codex.argv(AgentInvocation(prompt="more", resume="r1"))[:4] == [
+        "codex", "exec", "resume", "r1",
+    ]  # fmt: skip
+    assert codex.environment(AgentInvocation())["CODEX_HOME"] == "/home/agent/.codex"
+
+
+def test_gemini_and_opencode_flags() -> None:
+    gemini = get_agent("gemini")
+    assert gemini.argv(AgentInvocation(prompt="go", yolo=True)) == [
+        "gemini", "--yolo", "--prompt", "go", "--output-format", "stream-json",
+    ]  # fmt: skip
+    assert gemini.argv(AgentInvocation(continue_last=True)) == ["gemini", "--resume", "latest"]
+    opencode = get_agent("opencode")
+    assert opencode.argv(AgentInvocation(prompt="go", model="anthropic/x")) == [
+        "opencode", "run", "--model", "anthropic/x", "--format", "json", "go",
+    ]  # fmt: skip
+    permissions = json.loads(
+        opencode.environment(AgentInvocation(yolo=True))["OPENCODE_CONFIG_CONTENT"]
+    )
+    assert permissions["permission"]["bash"] == "allow"
+    assert "OPENCODE_CONFIG_CONTENT" not in opencode.environment(AgentInvocation())
+
+
+def test_extra_args_come_last_for_every_agent() -> None:
+    for tool in AGENTS:
+        argv = get_agent(tool).argv(AgentInvocation(extra_args=["--debug"]))
+        assert argv[-1] == "--debug"
+        assert argv[0] == get_agent(tool).binary
+
+
+def test_resume_and_continue_together_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="either --resume ID or --continue"):
+        AgentInvocation(resume="x", continue_last=True)
+
+
+def test_unknown_agent_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="choose one of claude, codex, gemini, opencode"):
+        get_agent("cursor")
+
+
+def test_prepare_home_creates_state_and_transcripts_ignore_symlinks(tmp_path: Path) -> None:
+    claude = get_agent("claude")
+    claude.prepare_home(tmp_path)
+    assert (tmp_path / ".claude").is_dir()
+    assert json.loads((tmp_path / ".claude.json").read_text()) == {}
+    project = tmp_path / ".claude" / "projects" / "-srv-ws"
+    project.mkdir(parents=True)
+    (project / "abc.jsonl").write_text("{}\n")
+    (project / "evil.jsonl").symlink_to("/etc/hostname")
+    assert claude.transcripts(tmp_path) == [project / "abc.jsonl"]
+
+
+def test_every_agent_keeps_its_state_under_home_only() -> None:
+    for tool in AGENTS:
+        profile = get_agent(tool)
+        for rel in (*profile.state_paths, *profile.transcript_globs):
+            assert not rel.startswith(("/", "..")), f"{tool}: {rel} escapes HOME"
