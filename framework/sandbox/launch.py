@@ -193,7 +193,7 @@ def launch(
         )
     try:
         if request.render_methodology and request.command is None:
-            _render(settings, tool, root)
+            _render(settings, tool, root, home, owner)
         mounts = [
             *workspace_mounts(workspace),
             BindMount(source=home, target=SANDBOX_HOME, read_only=False),
@@ -414,13 +414,25 @@ def _broker(
     ]
 
 
-def _render(settings: Settings, tool: str, root: Path) -> None:
-    from framework.prompts import PromptError, render_for_tool
+def _render(settings: Settings, tool: str, root: Path, home: Path, owner: tuple[int, int]) -> None:
+    """Refresh the methodology files, keeping any the user edited (init's manifest rules)."""
+    from framework.init import InitError, sync_methodology
 
     try:
-        render_for_tool(settings, tool, root, root)
-    except PromptError as exc:
+        report = sync_methodology(root, settings, tool)
+    except InitError as exc:
         raise SandboxError(f"cannot render the methodology for {tool}: {exc}") from None
+    for path in report.kept():
+        print(f"methodology: kept your edited {path} (init --force replaces it)", file=sys.stderr)
+    if tool == "codex":
+        # Codex reads custom prompts only from $CODEX_HOME/prompts, which is the agent home here.
+        prompts = home / ".codex" / "prompts"
+        prompts.mkdir(parents=True, exist_ok=True)
+        for source in sorted((root / ".codex" / "prompts").glob("*.md")):
+            target = prompts / source.name
+            shutil.copyfile(source, target)
+            if os.getuid() == 0:
+                os.lchown(target, *owner)
 
 
 def _record_event(session: _Session, kind: str, record: SessionRecord) -> None:
