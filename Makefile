@@ -9,8 +9,7 @@ venv:
 	bash scripts/bootstrap.sh
 
 demo: venv
-	bash .ci/components/10-bwrap.sh
-	bash .ci/components/60-agent-clis.sh
+	bash scripts/components.sh bwrap lm-corpus agent-clis
 	$(PY) -m framework.demo $(DEMO_ARGS)
 
 test: venv
