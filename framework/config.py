@@ -199,7 +199,7 @@ class ClusterSettings(_Section):
 class LedgerSettings(_Section):
     url: str | None = Field(
         default=None,
-        description="sqlite:///path or postgresql://...; default: ledger.sqlite in the state dir",
+        description="sqlite:///path[?sync=normal|full] or postgresql://...; default: ledger.sqlite in the state dir",
     )
 
 

@@ -2,9 +2,10 @@
 
 Public API (import from ``framework.ledger``)::
 
-    ledger = open_ledger(url)        # "sqlite:///abs/path.sqlite" (default) or "postgresql://..."
+    ledger = open_ledger(url)        # "sqlite:///abs/path.sqlite[?sync=normal|full]" or "postgresql://..."
     ledger.append(kind, *, run_id=None, session_id=None, payload={}) -> LedgerEvent   # durable on return
     ledger.append_many([NewEvent(kind, run_id, session_id, payload), ...]) -> list[LedgerEvent]
+                                     # threads appending at once share commits (group commit)
     ledger.events(run_id=None, session_id=None, kind=None, after_seq=0, limit=None) -> list[LedgerEvent]
     ledger.runs(experiment=None, tag=None, state=None, session_id=None,
                 since=None, until=None, limit=None) -> list[RunState]

@@ -100,7 +100,8 @@ RunSpec = RunFields
 
 
 class LedgerEvent(BaseModel):
-    """One stored event. ``hash`` = sha256(``prev_hash`` + canonical JSON of the other fields)."""
+    """One stored event. ``hash`` = sha256 of the canonical JSON of the other fields (which include
+    ``prev_hash``, the hash of the event before it)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -112,6 +113,50 @@ class LedgerEvent(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     prev_hash: str
     hash: str
+
+    @classmethod
+    def written(
+        cls,
+        seq: int,
+        ts: datetime,
+        kind: EventKind,
+        run_id: str | None,
+        session_id: str | None,
+        payload: dict[str, Any],
+        prev_hash: str,
+        digest: str,
+    ) -> LedgerEvent:
+        """An event the ledger has just built from validated parts. Skips validation, and even
+        ``model_construct`` (which costs more than hashing and encoding the event): it sets the
+        instance state the way ``model_construct`` does (tests/unit/test_ledger.py checks that the
+        result equals a validated event)."""
+        event = object.__new__(cls)
+        _set(
+            event,
+            "__dict__",
+            {
+                "seq": seq,
+                "ts": ts,
+                "kind": kind,
+                "run_id": run_id,
+                "session_id": session_id,
+                "payload": payload,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            },
+        )
+        _set(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+        _set(event, "__pydantic_extra__", None)
+        _set(event, "__pydantic_private__", None)
+        return event
+
+
+_set = object.__setattr__
+_EVENT_FIELDS = frozenset(LedgerEvent.model_fields)
+# Plain strings for the append hot path (an enum's ``.value`` is a slow property lookup).
+_STATE_TEXT: dict[EventKind, str] = {
+    kind: str(status.value) for kind, status in STATUS_AFTER.items()
+}
 
 
 class RunState(BaseModel):
@@ -166,7 +211,7 @@ def validate_payload(kind: EventKind, payload: dict[str, Any]) -> dict[str, Any]
     if kind not in RUN_EVENT_KINDS:
         return payload
     try:
-        fields = RunFields.model_validate(payload)
+        fields = _RUN_FIELDS_VALIDATOR.validate_python(payload)
     except ValidationError as exc:
         details = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: "
@@ -178,11 +223,18 @@ def validate_payload(kind: EventKind, payload: dict[str, Any]) -> dict[str, Any]
             for err in exc.errors()
         )
         raise LedgerError(f"invalid payload for {kind.value}: {details}") from None
-    return fields.model_dump(mode="json", exclude_unset=True)
+    data: dict[str, Any] = _RUN_FIELDS_SERIALIZER.to_python(fields, mode="json", exclude_unset=True)
+    return data
 
 
-_MERGED = ("metrics", "params", "resources", "extra")
-_ACCUMULATED = ("tags", "artifacts")
+# What ``RunFields.model_validate`` / ``model_dump`` call, without their per-call wrapper cost.
+_RUN_FIELDS_VALIDATOR = RunFields.__pydantic_validator__
+_RUN_FIELDS_SERIALIZER = RunFields.__pydantic_serializer__
+
+
+_MERGED = frozenset({"metrics", "params", "resources", "extra"})
+_ACCUMULATED = frozenset({"tags", "artifacts"})
+_COMBINED = _MERGED | _ACCUMULATED  # fields not simply overwritten by a later event
 
 
 def fold_run(
@@ -200,21 +252,21 @@ def fold_run(
     run: dict[str, Any] = (
         dict(doc) if doc else {"run_id": run_id, "first_seq": seq, "submitted_at": ts}
     )
-    run["state"] = STATUS_AFTER[kind].value
+    run["state"] = _STATE_TEXT[kind]
     run["last_seq"] = seq
     if session_id and not run.get("session_id"):
         run["session_id"] = session_id
     for key, value in payload.items():
         if value is None:
             continue
-        if key in _MERGED:
+        if key not in _COMBINED:
+            run[key] = value
+        elif key in _MERGED:
             run[key] = {**run.get(key, {}), **value}
-        elif key in _ACCUMULATED:
+        else:
             seen = list(run.get(key, []))
             seen.extend(v for v in value if v not in seen)
             run[key] = seen
-        else:
-            run[key] = value
     if kind is EventKind.run_started:
         run.setdefault("started_at", ts)
     elif kind is not EventKind.run_submitted:

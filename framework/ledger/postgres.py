@@ -120,6 +120,16 @@ class PostgresLedger(Ledger):
 
         return bool(self._conn.info.transaction_status != TransactionStatus.IDLE)
 
+    _columns_sql = (
+        "SELECT count(*) FROM ledger_events e, "
+        "LATERAL (SELECT convert_from(e.body, 'UTF8')::jsonb AS j) b WHERE "
+        "(b.j ->> 'seq')::bigint IS DISTINCT FROM e.seq "
+        "OR b.j ->> 'ts' IS DISTINCT FROM e.ts "
+        "OR b.j ->> 'kind' IS DISTINCT FROM e.kind "
+        "OR b.j ->> 'run_id' IS DISTINCT FROM e.run_id "
+        "OR b.j ->> 'session_id' IS DISTINCT FROM e.session_id"
+    )
+
     def _scan_cursor(self) -> Any:
         # A server-side cursor streams the chain instead of loading every event into memory.
         return self._conn.cursor(name="ledger_verify_scan")

@@ -1,9 +1,14 @@
 """SQLite backend: one WAL-mode file in the project state dir (the embedded default).
 
-Durability: ``synchronous=FULL`` makes every commit fsync the WAL before ``append`` returns, so an
-acknowledged event survives a killed process *and* a power cut. (``NORMAL`` would survive a killed
-process too, since the WAL is already in the OS page cache, but not a power cut; we take the
-stronger guarantee and reach throughput by batching instead, see ``Ledger.append_many``.)
+Durability is chosen in the URL, ``sqlite:///path/ledger.sqlite?sync=normal|full``:
+
+- ``normal`` (default): a commit has written its WAL frames with ``write()`` before ``append``
+  returns, so they are in the operating system's page cache and an acknowledged event survives the
+  writer being killed (SIGKILL, OOM, a crash). A power cut or kernel crash can lose the last
+  commits before the next checkpoint, never corrupt the file or the chain (SQLite's ``synchronous``
+  documentation: WAL with NORMAL is consistent but may roll back recent transactions).
+- ``full``: every commit also fsyncs the WAL, so acknowledged events survive a power cut too, at
+  the price of one fsync per commit (see docs/ledger.md for measured rates of both).
 
 Concurrency: ``BEGIN IMMEDIATE`` takes SQLite's single write lock before the head is read, so
 appenders in any number of processes are serialized and each one chains onto the true head;
@@ -13,24 +18,46 @@ appenders in any number of processes are serialized and each one chains onto the
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote
 
+from framework.ledger import chain
 from framework.ledger.models import LedgerError
-from framework.ledger.store import Ledger
+from framework.ledger.store import ChainHelper, Ledger
 
 BUSY_TIMEOUT_MS = 60_000
+CACHE_KIB = 32 * 1024  # page cache per connection: keeps the index pages hot while appending
+SYNC_LEVELS = ("normal", "full")
+DEFAULT_SYNC = "normal"
+SPLIT_CHAIN_MIN_EVENTS = 100_000  # below this, starting a helper process costs more than it saves
 
-SCHEMA = """
+# The indexed columns are computed from the hashed body by SQLite itself, so they cannot disagree
+# with it: UPDATE of them is refused, and verify need not compare them row by row (it only checks
+# that the table still has this definition). Ledgers created before this (columns stored beside
+# the body) keep working; verify then compares the columns with the bodies.
+EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS ledger_events (
     seq INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    run_id TEXT,
-    session_id TEXT,
     body BLOB NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    ts TEXT AS (json_extract(CAST(body AS TEXT), '$.ts')) VIRTUAL,
+    kind TEXT AS (json_extract(CAST(body AS TEXT), '$.kind')) VIRTUAL,
+    run_id TEXT AS (json_extract(CAST(body AS TEXT), '$.run_id')) VIRTUAL,
+    session_id TEXT AS (json_extract(CAST(body AS TEXT), '$.session_id')) VIRTUAL
 );
+"""
+DERIVED_EVENTS_SQL = (
+    EVENTS_TABLE.strip().rstrip(";").replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE", 1)
+)
+
+SCHEMA = (
+    EVENTS_TABLE
+    + """
 CREATE INDEX IF NOT EXISTS ledger_events_run ON ledger_events (run_id, seq);
 CREATE INDEX IF NOT EXISTS ledger_events_session ON ledger_events (session_id, seq);
 CREATE TABLE IF NOT EXISTS ledger_head (
@@ -64,11 +91,13 @@ BEGIN SELECT RAISE(ABORT, 'ledger events are append-only: UPDATE is refused'); E
 CREATE TRIGGER IF NOT EXISTS ledger_events_no_delete BEFORE DELETE ON ledger_events
 BEGIN SELECT RAISE(ABORT, 'ledger events are append-only: DELETE is refused'); END;
 """
+)
 
 
 def sqlite_path(url: str) -> Path:
-    """``sqlite:///abs/path`` (or ``sqlite:////abs/path``) -> ``/abs/path``."""
-    rest = url[len("sqlite://") :]
+    """``sqlite:///abs/path`` (or ``sqlite:////abs/path``, with or without a ``?query``) ->
+    ``/abs/path``."""
+    rest = url[len("sqlite://") :].partition("?")[0]
     if rest.startswith("//"):
         rest = rest[1:]
     path = Path(rest)
@@ -79,10 +108,34 @@ def sqlite_path(url: str) -> Path:
     return path
 
 
+def sqlite_sync(url: str) -> str:
+    """The durability level named by ``?sync=`` in the URL (default :data:`DEFAULT_SYNC`)."""
+    query = url.partition("?")[2]
+    options = parse_qs(query, keep_blank_values=True, separator="&")
+    unknown = sorted(set(options) - {"sync"})
+    if unknown:
+        raise LedgerError(
+            f"ledger URL {url!r} has unknown option(s) {', '.join(unknown)}; "
+            f"the only one is sync={'|'.join(SYNC_LEVELS)}"
+        )
+    values = options.get("sync", [DEFAULT_SYNC])
+    level = values[-1].lower()
+    if len(values) > 1 or level not in SYNC_LEVELS:
+        raise LedgerError(
+            f"ledger URL {url!r}: sync must be one of {', '.join(SYNC_LEVELS)} "
+            "(normal: survives a killed process; full: also a power cut, slower)"
+        )
+    return level
+
+
 class SqliteLedger(Ledger):
+    sync = DEFAULT_SYNC
+    """The durability level of this ledger's commits: ``normal`` or ``full``."""
+
     @classmethod
     def open(cls, url: str) -> SqliteLedger:
         path = sqlite_path(url)
+        sync = sqlite_sync(url)
         if path.is_dir():
             raise LedgerError(
                 f"ledger path {path} is a directory; give a file path, like {path / 'ledger.sqlite'}"
@@ -94,7 +147,8 @@ class SqliteLedger(Ledger):
             )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA synchronous = {sync.upper()}")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
                 f"cannot open the ledger at {path}: {exc} (check the path and its permissions)"
@@ -105,10 +159,12 @@ class SqliteLedger(Ledger):
                 f"cannot put {path} in WAL mode (got {mode!r}); is it on a network file system?"
             )
         try:
-            return cls(url, conn)
+            ledger = cls(url, conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise LedgerError(f"{path} is not a usable ledger database: {exc}") from None
+        ledger.sync = sync
+        return ledger
 
     def _create_schema(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
@@ -119,6 +175,13 @@ class SqliteLedger(Ledger):
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        self._stores_index_columns = not self._columns_are_derived()
+
+    def _columns_are_derived(self) -> bool:
+        row = self._conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger_events'"
+        ).fetchone()
+        return row is not None and row[0] == DERIVED_EVENTS_SQL
 
     def _begin_write(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
@@ -129,8 +192,82 @@ class SqliteLedger(Ledger):
     def _in_transaction(self) -> bool:
         return bool(self._conn.in_transaction)
 
+    def _split_chain(self, last_seq: int) -> ChainHelper | None:
+        """On a large ledger, a helper process walks the second half of the chain while this
+        process walks the first: hashing is most of the work and one Python process uses one core."""
+        if last_seq < SPLIT_CHAIN_MIN_EVENTS:
+            return None
+        first = last_seq // 2 + 1
+        row = self._conn.execute(
+            "SELECT hash FROM ledger_events WHERE seq = ?", (first - 1,)
+        ).fetchone()
+        if row is None or not isinstance(row[0], str):
+            return None  # the walk here will stop at the gap; the exact pass says what it is
+        try:
+            return _ChainProcess(self._readonly_uri(), first, last_seq, row[0])
+        except OSError:
+            return None
+
+    def _readonly_uri(self) -> str:
+        return f"file:{quote(str(sqlite_path(self.url)))}?mode=ro"
+
+    def _start_columns_check(self) -> Callable[[], bool]:
+        """Nothing to check when the table derives its indexed columns from the bodies. Otherwise
+        (an older ledger, or a table someone rebuilt) run the check on a second, read-only
+        connection in a thread: SQLite releases the GIL while it runs the query, so it uses another
+        core while this thread walks the hash chain. Rows appended meanwhile were written by the
+        ledger, so they agree too."""
+        if self._columns_are_derived():
+            return lambda: True
+        uri = self._readonly_uri()
+        answer: list[bool] = []
+
+        def check() -> None:
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+                try:
+                    answer.append(conn.execute(self._columns_sql).fetchone()[0] == 0)
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                answer.append(False)  # e.g. a body that is not JSON: the exact pass says which
+
+        worker = threading.Thread(target=check, name="ledger-verify-columns", daemon=True)
+        worker.start()
+
+        def columns_agree() -> bool:
+            worker.join()
+            return answer == [True]
+
+        return columns_agree
+
     def _execute(self, statement: str, params: Any = ()) -> Any:
         return self._conn.execute(statement, params)
+
+
+class _ChainProcess:
+    """``framework/ledger/chain.py`` run as a script on seqs first..last (a :class:`ChainHelper`)."""
+
+    def __init__(self, uri: str, first: int, last: int, prev_hash: str) -> None:
+        self.first_seq, self.last_seq = first, last
+        # -I -S: no site-packages, no environment: the script needs only the standard library.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", chain.__file__, uri, str(first), str(last), prev_hash],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def result(self) -> tuple[int, str] | None:
+        out, _ = self._proc.communicate()
+        seq, _, digest = out.strip().partition(" ")
+        if self._proc.returncode != 0 or not seq.isdigit() or int(seq) != self.last_seq:
+            return None
+        return int(seq), digest
+
+    def cancel(self) -> None:
+        self._proc.kill()
+        self._proc.communicate()
 
 
 def _statements(script: str) -> list[str]:

@@ -12,12 +12,14 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from framework.ledger.chain import batches_of, walk
 from framework.ledger.models import (
     GENESIS_HASH,
     RUN_EVENT_KINDS,
@@ -45,8 +47,44 @@ class NewEvent(NamedTuple):
     payload: dict[str, Any] = {}  # noqa: RUF012 - NamedTuple defaults are never mutated here
 
 
+_Prepared = tuple[EventKind, str | None, str | None, dict[str, Any]]
+_KIND_TEXT: dict[EventKind, str] = {kind: str(kind.value) for kind in EventKind}
+_KINDS: dict[str, EventKind] = {text: kind for kind, text in _KIND_TEXT.items()}
+
+
+class ChainHelper(Protocol):
+    """A walk of seqs ``first_seq``..last running elsewhere (see ``Ledger._split_chain``)."""
+
+    first_seq: int
+
+    def result(self) -> tuple[int, str] | None:
+        """Wait; (last seq, last hash) if that part of the chain is intact, else None."""
+
+    def cancel(self) -> None: ...
+
+
+class _Request:
+    """One ``append_many`` call waiting in the group-commit queue."""
+
+    __slots__ = ("_signal", "done", "error", "events", "prepared")
+
+    def __init__(self, prepared: list[_Prepared]) -> None:
+        self.prepared = prepared
+        self.events: list[LedgerEvent] = []
+        self.error: BaseException | None = None
+        self.done = False
+        self._signal = threading.Lock()  # held until wake(): the cheapest one-shot signal
+        self._signal.acquire()
+
+    def wait(self) -> None:
+        self._signal.acquire()
+
+    def wake(self) -> None:
+        self._signal.release()
+
+
 class _Envelope(msgspec.Struct):
-    """The chained fields of an event body, decoded without its payload (for fast verification)."""
+    """The chained fields of an event body, decoded without its payload (exact verification)."""
 
     seq: int
     ts: str
@@ -104,12 +142,16 @@ def _check_id(what: str, value: str | None) -> None:
 class Ledger(ABC):
     """An open ledger. Thread-safe; several processes may append to the same ledger at once."""
 
-    paramstyle_qmark = True
+    _stores_index_columns = True
+    """Whether ts, kind, run_id and session_id are written beside the body (and so must be checked
+    against it), rather than derived from the body by the database."""
 
     def __init__(self, url: str, connection: Any) -> None:
         self.url = url
         self._conn = connection
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: one statement or transaction at a time
+        self._queue_guard = threading.Lock()
+        self._queue: deque[_Request] = deque()  # appends waiting for a commit, leader first
         self._create_schema()
 
     # -- backend hooks -------------------------------------------------------------------------
@@ -171,30 +213,57 @@ class Ledger(ABC):
         session_id: str | None = None,
         payload: dict[str, Any] | None = None,
     ) -> LedgerEvent:
-        """Append one event; it is durable (committed and synced) when this returns."""
+        """Append one event; it is durable when this returns (see the backend for how durable).
+        Threads appending at the same time share one commit (group commit)."""
         return self.append_many([NewEvent(kind, run_id, session_id, payload or {})])[0]
 
     def append_many(self, items: Iterable[NewEvent | tuple[Any, ...]]) -> list[LedgerEvent]:
-        """Append events in one transaction: all of them or none, durable when this returns.
-        Batching is how writers reach high rates (one sync per batch, not per event)."""
-        prepared = [self._prepare(NewEvent(*item)) for item in items]
+        """Append events atomically: all of them or none, durable when this returns.
+        Batching is how one writer reaches high rates (one commit per batch, not per event)."""
+        prepared = [
+            self._prepare(item if type(item) is NewEvent else NewEvent(*item)) for item in items
+        ]
         if not prepared:
             return []
-        with self._lock:
+        return self._commit_in_turn(_Request(prepared))
+
+    def _commit_in_turn(self, request: _Request) -> list[LedgerEvent]:
+        """Group commit: the request at the front of the queue leads. It commits everything queued
+        behind it in one transaction, then wakes each of those (they return) and the request now at
+        the front, which leads the next commit. Every thread is woken once per append."""
+        with self._queue_guard:
+            self._queue.append(request)
+            leads = len(self._queue) == 1
+        if not leads:
+            request.wait()
+        if not request.done:
+            group: list[_Request] = []
             try:
-                self._begin_write()
-                events = self._write(prepared)
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
-        return events
+                with self._lock:
+                    with self._queue_guard:  # all that queued while the connection was busy
+                        group = list(self._queue)
+                    self._commit_group(group)
+            finally:
+                with self._queue_guard:
+                    if not group:  # interrupted before it could commit: leave the queue
+                        self._queue.remove(request)
+                    for _ in group:
+                        self._queue.popleft()
+                    next_leader = self._queue[0] if self._queue else None
+                for other in group:
+                    if other is not request:
+                        other.wake()
+                if next_leader is not None:
+                    next_leader.wake()
+        if request.error is not None:
+            raise request.error
+        return request.events
 
     @staticmethod
-    def _prepare(item: NewEvent) -> tuple[EventKind, str | None, str | None, dict[str, Any]]:
+    def _prepare(item: NewEvent) -> _Prepared:
         try:
-            kind = EventKind(item.kind)
-        except ValueError:
+            kind = _KINDS[item.kind]
+        except (KeyError, TypeError):
             known = ", ".join(k.value for k in EventKind)
             raise LedgerError(
                 f"unknown event kind {item.kind!r}; expected one of: {known}"
@@ -211,51 +280,122 @@ class Ledger(ABC):
             )
         return kind, item.run_id, item.session_id, validate_payload(kind, item.payload)
 
-    def _write(
-        self, prepared: list[tuple[EventKind, str | None, str | None, dict[str, Any]]]
-    ) -> list[LedgerEvent]:
+    def _commit_group(self, group: list[_Request]) -> None:
+        """Write the queued requests in one transaction; each gets its events or its error.
+        A request refused on its own (a run submitted twice) is left out; the others commit."""
+        try:
+            try:
+                self._begin_write()
+                self._write(group)
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+        except Exception as exc:
+            for request in group:
+                request.error = exc
+        except BaseException:
+            for request in group:
+                request.error = LedgerError(
+                    "the commit was interrupted; these events were not written (append them again)"
+                )
+            raise
+        finally:
+            for request in group:
+                request.done = True
+
+    def _write(self, group: list[_Request]) -> None:
         row = self._execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
         seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
         ts = utc_iso(datetime.now(UTC))
+        moment = datetime.fromisoformat(ts)
+        runs = self._load_docs(
+            {
+                run_id
+                for request in group
+                for kind, run_id, _, _ in request.prepared
+                if run_id and kind in RUN_EVENT_KINDS
+            }
+        )
+        event_rows: list[tuple[Any, ...]] = []
+        changed: dict[str, dict[str, Any]] = {}
+        for request in group:
+            try:
+                rows, events, folded = self._chain(request.prepared, seq, prev, ts, moment, runs)
+            except LedgerError as exc:
+                request.error = exc  # refused on its own: the rest of the group goes on
+                continue
+            seq, prev = events[-1].seq, events[-1].hash
+            event_rows.extend(rows)
+            runs.update(folded)
+            changed.update(folded)
+            request.events = events
+        if not event_rows:
+            return
+        cur = self._conn.cursor()
+        cur.executemany(
+            self._sql(
+                "INSERT INTO ledger_events (seq, body, hash, ts, kind, run_id, session_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)"
+                if self._stores_index_columns
+                else "INSERT INTO ledger_events (seq, body, hash) VALUES (?, ?, ?)"
+            ),
+            event_rows,
+        )
+        self._store_runs(changed)
+        self._execute(
+            "INSERT INTO ledger_head (id, seq, hash) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (seq, prev),
+        )
+
+    def _chain(
+        self,
+        prepared: list[_Prepared],
+        seq: int,
+        prev: str,
+        ts: str,
+        moment: datetime,
+        runs: dict[str, dict[str, Any] | None],
+    ) -> tuple[list[tuple[Any, ...]], list[LedgerEvent], dict[str, dict[str, Any]]]:
+        """Number, hash and fold one request's events after (seq, prev): the rows to insert, the
+        events to return and the run states they produce. The hot loop of appends: names are
+        bound locally and the body is encoded inline (same bytes as :func:`canonical_body`)."""
+        encode, sha256, written = _ENCODER.encode, hashlib.sha256, LedgerEvent.written
+        full_rows = self._stores_index_columns
         rows: list[tuple[Any, ...]] = []
         events: list[LedgerEvent] = []
-        runs = self._load_docs(
-            {run_id for kind, run_id, _, _ in prepared if run_id and kind in RUN_EVENT_KINDS}
-        )
+        folded: dict[str, dict[str, Any]] = {}
         for kind, run_id, session_id, payload in prepared:
             seq += 1
-            body = canonical_body(
-                seq=seq,
-                ts=ts,
-                kind=kind.value,
-                run_id=run_id,
-                session_id=session_id,
-                payload=payload,
-                prev_hash=prev,
+            kind_text = _KIND_TEXT[kind]
+            body = encode(
+                {
+                    "seq": seq,
+                    "ts": ts,
+                    "kind": kind_text,
+                    "run_id": run_id,
+                    "session_id": session_id,
+                    "payload": payload,
+                    "prev_hash": prev,
+                }
             )
-            digest = hashlib.sha256(body).hexdigest()
-            rows.append((seq, ts, kind.value, run_id, session_id, body, digest))
-            events.append(
-                LedgerEvent.model_construct(
-                    seq=seq,
-                    ts=datetime.fromisoformat(ts),
-                    kind=kind,
-                    run_id=run_id,
-                    session_id=session_id,
-                    payload=payload,
-                    prev_hash=prev,
-                    hash=digest,
-                )
+            digest = sha256(body).hexdigest()
+            rows.append(
+                (seq, body, digest, ts, kind_text, run_id, session_id)
+                if full_rows
+                else (seq, body, digest)
             )
+            events.append(written(seq, moment, kind, run_id, session_id, payload, prev, digest))
             prev = digest
-            if kind in RUN_EVENT_KINDS:
-                assert run_id is not None
-                if kind is EventKind.run_submitted and runs[run_id] is not None:
+            if run_id is not None and kind in RUN_EVENT_KINDS:
+                doc = folded[run_id] if run_id in folded else runs[run_id]
+                if kind is EventKind.run_submitted and doc is not None:
                     raise LedgerError(
                         f"run {run_id!r} is already in the ledger; a run is submitted once (use a new run id)"
                     )
-                runs[run_id] = fold_run(
-                    runs[run_id],
+                folded[run_id] = fold_run(
+                    doc,
                     seq=seq,
                     ts=ts,
                     kind=kind,
@@ -263,20 +403,7 @@ class Ledger(ABC):
                     session_id=session_id,
                     payload=payload,
                 )
-        cur = self._conn.cursor()
-        cur.executemany(
-            self._sql(
-                "INSERT INTO ledger_events (seq, ts, kind, run_id, session_id, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ),
-            rows,
-        )
-        self._store_runs({k: v for k, v in runs.items() if v is not None})
-        self._execute(
-            "INSERT INTO ledger_head (id, seq, hash) VALUES (1, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (seq, prev),
-        )
-        return events
+        return rows, events, folded
 
     def _load_docs(self, run_ids: set[str]) -> dict[str, dict[str, Any] | None]:
         """Current state of the given runs (None: not in the ledger yet), in few round trips."""
@@ -336,7 +463,10 @@ class Ledger(ABC):
         """(seq, hash) of the latest event; (0, GENESIS_HASH) when empty. Keep it elsewhere to
         prove later that no events were cut from the end."""
         with self._lock:
-            row = self._execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
+            return self._read_head()
+
+    def _read_head(self) -> tuple[int, str]:
+        row = self._execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
     def events(
@@ -438,73 +568,145 @@ class Ledger(ABC):
     def verify(self) -> VerifyReport:
         """Walk the whole chain: every body hashes to its stored hash, names the previous event's hash,
         carries its own seq, and agrees with the indexed columns; the head names the last event.
-        Detects edited, deleted, inserted and reordered events."""
+        Detects edited, deleted, inserted and reordered events.
+
+        A fast pass proves an intact ledger (:meth:`_chain_intact`, and the indexed-columns check of
+        :meth:`_start_columns_check` where the backend needs one); only when it finds anything wrong
+        does the exact pass decode every event to name each problem."""
         started = time.perf_counter()
-        problems: list[VerifyProblem] = []
-        expected_seq, prev, count = 1, GENESIS_HASH, 0
         with self._lock:
             self._begin_snapshot()
             try:
-                head_row = self._execute(
-                    "SELECT seq, hash FROM ledger_head WHERE id = 1"
-                ).fetchone()
-                for seq, ts, kind, run_id, session_id, body, digest in self._scan():
-                    count += 1
-                    body = _as_bytes(body)
-                    problem = None
-                    if hashlib.sha256(body).hexdigest() != digest:
-                        problem = "content does not match its hash (the event was edited)"
-                    else:
-                        try:
-                            env = _ENVELOPE.decode(body)
-                        except msgspec.DecodeError as exc:
-                            env, problem = None, f"body is not a valid event ({exc})"
-                        if env is not None:
-                            if env.seq != seq:
-                                problem = f"stored at seq {seq} but its content says seq {env.seq} (moved or reordered)"
-                            elif seq != expected_seq:
-                                problem = f"expected seq {expected_seq} next, found {seq} (events {expected_seq}..{seq - 1} are missing)"
-                            elif env.prev_hash != prev:
-                                problem = "does not chain to the event before it (an event before it was removed, inserted or replaced)"
-                            elif (env.ts, env.kind, env.run_id, env.session_id) != (
-                                ts,
-                                kind,
-                                run_id,
-                                session_id,
-                            ):
-                                problem = "indexed columns (ts, kind, run_id, session_id) differ from its hashed content"
-                    if problem is not None and len(problems) < MAX_PROBLEMS:
-                        problems.append(VerifyProblem(seq=seq, problem=problem))
-                    expected_seq, prev = seq + 1, digest
+                columns = self._start_columns_check()
+                chain = self._chain_intact()
+                if chain is not None and columns() and chain[1:] == self._read_head():
+                    count, last_seq, last_hash = chain
+                    problems: list[VerifyProblem] = []
+                else:
+                    count, last_seq, last_hash, problems = self._exact_verify(self._read_head())
             finally:
                 self._rollback()
-        head_seq, head_hash = (
-            (int(head_row[0]), str(head_row[1])) if head_row else (0, GENESIS_HASH)
-        )
-        if (head_seq, head_hash) != (expected_seq - 1, prev):
-            problems.append(
-                VerifyProblem(
-                    seq=None,
-                    problem=f"the recorded head is seq {head_seq} but the last event is seq {expected_seq - 1} "
-                    "with a different hash (events were cut from the end or the head was edited)",
-                )
-            )
         return VerifyReport(
             ok=not problems,
             events=count,
-            head_seq=expected_seq - 1,
-            head_hash=prev,
+            head_seq=last_seq,
+            head_hash=last_hash,
             problems=problems,
             seconds=time.perf_counter() - started,
         )
+
+    def _chain_intact(self) -> tuple[int, int, str] | None:
+        """(events, last seq, last hash) if every body hashes to its hash, seqs run 1, 2, 3, ...
+        and each body names the previous hash (see :func:`framework.ledger.chain.walk`); None at the
+        first thing that is not so. A backend may hand the second half to a helper process."""
+        last = int(self._execute("SELECT coalesce(max(seq), 0) FROM ledger_events").fetchone()[0])
+        helper = self._split_chain(last)
+        own_last = helper.first_seq - 1 if helper else last
+        cur = self._scan_cursor()
+        try:
+            cur.execute(
+                self._sql("SELECT seq, body, hash FROM ledger_events WHERE seq <= ? ORDER BY seq"),
+                (own_last,),
+            )
+            end = walk(batches_of(cur), 1, GENESIS_HASH)
+        finally:
+            cur.close()
+        if end is None or end[0] != own_last:
+            if helper:
+                helper.cancel()
+            return None
+        if helper:
+            helper_end = helper.result()
+            if helper_end is None:
+                return None
+            end = helper_end
+        return end[0], end[0], end[1]
+
+    def _split_chain(self, last_seq: int) -> ChainHelper | None:
+        """Start walking the end of the chain elsewhere (None: this backend walks it all here)."""
+        return None
+
+    _columns_sql = (
+        "SELECT count(*) FROM ledger_events WHERE "
+        "json_extract(CAST(body AS TEXT), '$.seq') IS NOT seq "
+        "OR json_extract(CAST(body AS TEXT), '$.ts') IS NOT ts "
+        "OR json_extract(CAST(body AS TEXT), '$.kind') IS NOT kind "
+        "OR json_extract(CAST(body AS TEXT), '$.run_id') IS NOT run_id "
+        "OR json_extract(CAST(body AS TEXT), '$.session_id') IS NOT session_id"
+    )
+
+    def _start_columns_check(self) -> Callable[[], bool]:
+        """Start checking that the indexed columns equal the fields in each hashed body; the returned
+        function waits for the answer. Here it runs on this connection when asked; backends that can
+        run it elsewhere while the chain is walked override this."""
+
+        def columns_agree() -> bool:
+            try:
+                return int(self._execute(self._columns_sql).fetchone()[0]) == 0
+            except Exception:  # a body that is not JSON: the exact pass says which
+                self._rollback()
+                self._begin_snapshot()
+                return False
+
+        return columns_agree
+
+    def _exact_verify(self, head: tuple[int, str]) -> tuple[int, int, str, list[VerifyProblem]]:
+        problems: list[VerifyProblem] = []
+        expected_seq, prev, count = 1, GENESIS_HASH, 0
+        for seq, ts, kind, run_id, session_id, body, digest in self._scan():
+            count += 1
+            problem = _event_problem(
+                expected_seq, prev, seq, (ts, kind, run_id, session_id), _as_bytes(body), digest
+            )
+            if problem is not None and len(problems) < MAX_PROBLEMS:
+                problems.append(VerifyProblem(seq=seq, problem=problem))
+            expected_seq, prev = seq + 1, digest
+        if head != (expected_seq - 1, prev):
+            problems.append(
+                VerifyProblem(
+                    seq=None,
+                    problem=f"the recorded head is seq {head[0]} but the last event is seq {expected_seq - 1} "
+                    "with a different hash (events were cut from the end or the head was edited)",
+                )
+            )
+        return count, expected_seq - 1, prev, problems
 
     def _scan(self) -> Iterator[tuple[Any, ...]]:
         cur = self._scan_cursor()
         cur.execute(
             "SELECT seq, ts, kind, run_id, session_id, body, hash FROM ledger_events ORDER BY seq"
         )
-        while batch := cur.fetchmany(10_000):
-            yield from batch
+        try:
+            while batch := cur.fetchmany(10_000):
+                yield from batch
+        finally:
+            cur.close()
+
+
+def _event_problem(
+    expected_seq: int,
+    prev: str,
+    seq: int,
+    columns: tuple[Any, ...],
+    body: bytes,
+    digest: Any,
+) -> str | None:
+    """What is wrong with one stored event, in order of what an edit breaks first."""
+    if hashlib.sha256(body).hexdigest() != digest:
+        return "content does not match its hash (the event was edited)"
+    try:
+        env = _ENVELOPE.decode(body)
+    except msgspec.DecodeError as exc:
+        return f"body is not a valid event ({exc})"
+    if env.seq != seq:
+        return f"stored at seq {seq} but its content says seq {env.seq} (moved or reordered)"
+    if seq != expected_seq:
+        return f"expected seq {expected_seq} next, found {seq} (events {expected_seq}..{seq - 1} are missing)"
+    if env.prev_hash != prev:
+        return "does not chain to the event before it (an event before it was removed, inserted or replaced)"
+    if (env.ts, env.kind, env.run_id, env.session_id) != columns:
+        return "indexed columns (ts, kind, run_id, session_id) differ from its hashed content"
+    return None
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -531,8 +733,8 @@ def _event_from_row(body: bytes, digest: str) -> LedgerEvent:
 
 
 def open_ledger(url: str) -> Ledger:
-    """Open (creating if needed) the ledger at ``url``: ``sqlite:///abs/path.sqlite`` or
-    ``postgresql://user@host/dbname``."""
+    """Open (creating if needed) the ledger at ``url``: ``sqlite:///abs/path.sqlite`` (optionally
+    ``?sync=full``, see ``framework.ledger.sqlite``) or ``postgresql://user@host/dbname``."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "sqlite":
         from framework.ledger.sqlite import SqliteLedger

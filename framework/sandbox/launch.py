@@ -422,7 +422,7 @@ def _render(settings: Settings, tool: str, root: Path, home: Path, owner: tuple[
         report = sync_methodology(root, settings, tool)
     except InitError as exc:
         raise SandboxError(f"cannot render the methodology for {tool}: {exc}") from None
-    for path in report.kept():
+    for path in report.kept:
         print(f"methodology: kept your edited {path} (init --force replaces it)", file=sys.stderr)
     if tool == "codex":
         # Codex reads custom prompts only from $CODEX_HOME/prompts, which is the agent home here.

@@ -54,7 +54,7 @@ def broken_seqs(ledger: Ledger) -> list[int | None]:
 def test_database_refuses_update_and_delete_of_events(ledger: Ledger, url: str) -> None:
     conn = raw(url)
     with pytest.raises(sqlite3.IntegrityError, match="append-only: UPDATE is refused"):
-        conn.execute("UPDATE ledger_events SET kind = 'run_finished' WHERE seq = 2")
+        conn.execute("UPDATE ledger_events SET hash = 'x' WHERE seq = 2")
     with pytest.raises(sqlite3.IntegrityError, match="append-only: DELETE is refused"):
         conn.execute("DELETE FROM ledger_events WHERE seq = 2")
     assert ledger.verify().ok
@@ -128,45 +128,105 @@ def test_verify_catches_a_forged_event_inserted_in_the_middle(ledger: Ledger, ur
         seq=3, ts=ts, kind="run_finished", run_id="r1", session_id=None, payload={}, prev_hash=prev
     )
     conn.execute(
-        "INSERT INTO ledger_events VALUES (3, ?, 'run_finished', 'r1', NULL, ?, ?)",
-        (ts, body, hashlib.sha256(body).hexdigest()),
+        "INSERT INTO ledger_events (seq, body, hash) VALUES (3, ?, ?)",
+        (body, hashlib.sha256(body).hexdigest()),
     )
     assert broken_seqs(ledger)[0] == 4
 
 
-def test_verify_catches_an_indexed_column_that_disagrees_with_the_hashed_body(
+def test_indexed_columns_are_derived_from_the_hashed_body_and_cannot_be_changed(
     ledger: Ledger, url: str
 ) -> None:
     conn = raw(url)
     drop_triggers(conn)
-    conn.execute("UPDATE ledger_events SET run_id = 'someone-else' WHERE seq = 4")
+    with pytest.raises(sqlite3.OperationalError, match="cannot UPDATE generated column"):
+        conn.execute("UPDATE ledger_events SET run_id = 'someone-else' WHERE seq = 4")
+    assert [e.run_id for e in ledger.events(run_id="r4")] == ["r4"]
+    assert ledger.verify().ok
+
+
+def test_verify_catches_a_rebuilt_table_whose_indexed_column_disagrees_with_the_body(
+    ledger: Ledger, url: str
+) -> None:
+    """Someone replaces the events table by one with plain columns, so that they can be edited."""
+    conn = raw(url)
+    conn.executescript(
+        """
+        BEGIN;
+        CREATE TABLE forged AS SELECT seq, ts, kind, run_id, session_id, body, hash FROM ledger_events;
+        DROP TABLE ledger_events;
+        CREATE TABLE ledger_events (seq INTEGER PRIMARY KEY, ts TEXT, kind TEXT, run_id TEXT,
+                                    session_id TEXT, body BLOB, hash TEXT);
+        INSERT INTO ledger_events SELECT * FROM forged;
+        DROP TABLE forged;
+        UPDATE ledger_events SET run_id = 'someone-else' WHERE seq = 4;
+        COMMIT;
+        """
+    )
     report = ledger.verify()
     assert [p.seq for p in report.problems] == [4]
     assert "indexed columns" in report.problems[0].problem
 
 
+def test_a_ledger_with_stored_index_columns_still_appends_and_verifies(tmp_path: Path) -> None:
+    """Ledgers created before the columns were derived from the body keep working."""
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE ledger_events (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, "
+        "run_id TEXT, session_id TEXT, body BLOB NOT NULL, hash TEXT NOT NULL)"
+    )
+    conn.close()
+    with open_ledger(f"sqlite:///{path}") as ledger:
+        ledger.append("run_submitted", run_id="r1", session_id="s1", payload={"experiment": "e"})
+        ledger.append_many([NewEvent("run_finished", "r1", None, {"exit_code": 0})])
+        assert [e.kind for e in ledger.events(run_id="r1")] == ["run_submitted", "run_finished"]
+        assert ledger.verify().ok
+    conn = raw(f"sqlite:///{path}")
+    drop_triggers(conn)
+    conn.execute("UPDATE ledger_events SET session_id = 's2' WHERE seq = 1")
+    conn.close()
+    with open_ledger(f"sqlite:///{path}") as ledger:
+        assert [p.seq for p in ledger.verify().problems] == [1]
+
+
 WRITER = textwrap.dedent(
     """
     import sys
+    import threading
     from framework.ledger import NewEvent, open_ledger
 
     ledger = open_ledger(sys.argv[1])
     name = sys.argv[2]
-    i = 0
-    while True:
-        if i % 3 == 0:
-            batch = [NewEvent("run_submitted", f"{name}-{i}-{j}", None, {"experiment": "crash"}) for j in range(50)]
-            acked = ledger.append_many(batch)
-        else:
-            acked = [ledger.append("run_submitted", run_id=f"{name}-{i}", payload={"experiment": "crash"})]
-        for event in acked:
-            print(event.seq, event.hash, flush=True)
-        i += 1
+    printing = threading.Lock()
+
+    def write(thread):
+        i = 0
+        while True:
+            if i % 3 == 0:
+                batch = [NewEvent("run_submitted", f"{name}-{thread}-{i}-{j}", None, {"experiment": "crash"}) for j in range(50)]
+                acked = ledger.append_many(batch)
+            else:
+                acked = [ledger.append("run_submitted", run_id=f"{name}-{thread}-{i}", payload={"experiment": "crash"})]
+            with printing:
+                for event in acked:
+                    print(event.seq, event.hash, flush=True)
+            i += 1
+
+    for thread in range(4):  # concurrent appends share commits (group commit)
+        threading.Thread(target=write, args=(thread,), daemon=True).start()
+    threading.Event().wait()
     """
 )
 
 
-def test_events_acknowledged_before_a_sigkill_all_survive_and_the_chain_verifies(url: str) -> None:
+@pytest.mark.parametrize("sync", ["default", "full"])
+def test_events_acknowledged_before_a_sigkill_all_survive_and_the_chain_verifies(
+    url: str, sync: str
+) -> None:
+    """The default sync level (normal) is the one this guarantee is about; full must keep it too."""
+    if sync == "full":
+        url += "?sync=full"
     acked: dict[int, str] = {}
     for round_no in range(3):
         proc = subprocess.Popen(
@@ -179,7 +239,7 @@ def test_events_acknowledged_before_a_sigkill_all_survive_and_the_chain_verifies
         for line in proc.stdout:
             seq, digest = line.split()
             acked[int(seq)] = digest
-            if len(acked) >= 300 * (round_no + 1):
+            if len(acked) >= 600 * (round_no + 1):
                 break
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -243,3 +303,47 @@ def test_many_batches_of_writers_leave_no_gap_in_seq(url: str) -> None:
             )
         seqs = [e.seq for e in ledger.events()]
     assert seqs == list(range(1, 1001))
+
+
+@pytest.mark.parametrize("edited_seq", [5, 20, 21, 35])
+def test_verify_shares_a_large_chain_with_a_helper_process_and_catches_edits_in_either_half(
+    url: str, edited_seq: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.ledger import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "SPLIT_CHAIN_MIN_EVENTS", 10)
+    with open_ledger(url) as ledger:
+        ledger.append_many(
+            [NewEvent("run_submitted", f"r{i}", None, {"params": {"i": i}}) for i in range(40)]
+        )
+        helper = ledger._split_chain(40)  # type: ignore[attr-defined]
+        assert helper is not None and helper.first_seq == 21
+        assert helper.result() == ledger.head()
+        report = ledger.verify()
+        assert report.ok and (report.events, report.head_hash) == (40, ledger.head()[1])
+
+        conn = raw(url)
+        drop_triggers(conn)
+        body = conn.execute(
+            "SELECT body FROM ledger_events WHERE seq = ?", (edited_seq,)
+        ).fetchone()[0]
+        forged = body.replace(b'"params":{"i":', b'"params":{"i":1')
+        conn.execute(
+            "UPDATE ledger_events SET body = ?, hash = ? WHERE seq = ?",
+            (forged, hashlib.sha256(forged).hexdigest(), edited_seq),
+        )
+        assert broken_seqs(ledger)[0] == edited_seq + 1
+
+
+def test_verify_falls_back_to_the_exact_pass_when_the_helper_process_fails(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.ledger import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "SPLIT_CHAIN_MIN_EVENTS", 10)
+    monkeypatch.setattr(sqlite_backend.sys, "executable", "/nonexistent/python")
+    with open_ledger(url) as ledger:
+        ledger.append_many([NewEvent("run_submitted", f"r{i}", None, {}) for i in range(40)])
+        assert ledger._split_chain(40) is None  # type: ignore[attr-defined]
+        report = ledger.verify()
+    assert report.ok and report.events == 40

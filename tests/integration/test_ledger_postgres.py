@@ -102,6 +102,22 @@ def test_postgres_verify_catches_an_edit_made_with_triggers_disabled(
     assert [p.seq for p in report.problems][:2] == [2, 3]
 
 
+def test_postgres_verify_catches_an_indexed_column_that_disagrees_with_the_body(
+    ledger: Ledger, pg_url: str
+) -> None:
+    import psycopg
+
+    for i in range(4):
+        ledger.append("run_submitted", run_id=f"r{i}", payload={"experiment": "e"})
+    assert ledger.verify().ok
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger_events DISABLE TRIGGER USER")
+        conn.execute("UPDATE ledger_events SET run_id = 'someone-else' WHERE seq = 2")
+    report = ledger.verify()
+    assert [p.seq for p in report.problems] == [2]
+    assert "indexed columns" in report.problems[0].problem
+
+
 APPENDER = textwrap.dedent(
     """
     import sys

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,11 +17,13 @@ from framework.ledger import (
     EventKind,
     Ledger,
     LedgerError,
+    LedgerEvent,
     NewEvent,
     RunStatus,
     open_ledger,
 )
 from framework.ledger.models import GENESIS_HASH
+from framework.ledger.store import canonical_body, utc_iso
 
 
 @pytest.fixture
@@ -287,6 +291,9 @@ def test_reopening_keeps_everything(tmp_path: Path) -> None:
         ("sqlite://relative/ledger.sqlite", "needs an absolute file path"),
         ("sqlite:///", "is a directory"),
         ("postgresql://nobody@127.0.0.1:1/none", "cannot connect to the ledger database"),
+        ("sqlite:////tmp/l.sqlite?sync=off", "sync must be one of normal, full"),
+        ("sqlite:////tmp/l.sqlite?sync=full&sync=normal", "sync must be one of normal, full"),
+        ("sqlite:////tmp/l.sqlite?mode=ro", r"unknown option\(s\) mode; the only one is sync"),
     ],
 )
 def test_bad_urls_fail_with_a_message_that_says_what_to_use(url: str, message: str) -> None:
@@ -302,11 +309,117 @@ def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path: P
     assert notes.read_text() == "my precious notes\n" * 100
 
 
-def test_database_path_is_written_in_wal_mode_with_full_sync(ledger: Ledger) -> None:
+@pytest.mark.parametrize(
+    ("suffix", "level", "pragma"),
+    [
+        ("", "normal", 1),
+        ("?sync=normal", "normal", 1),
+        ("?sync=full", "full", 2),
+        ("?sync=FULL", "full", 2),
+    ],
+)
+def test_sqlite_ledger_is_wal_with_normal_sync_by_default_and_full_on_request(
+    tmp_path: Path, suffix: str, level: str, pragma: int
+) -> None:
     import sqlite3
 
-    path = Path(ledger.url.removeprefix("sqlite://"))
+    path = tmp_path / "ledger.sqlite"
+    with open_ledger(f"sqlite:///{path}{suffix}") as ledger:
+        assert ledger.sync == level  # type: ignore[attr-defined]
+        assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+        ledger.append("session_started", session_id="s1")
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM ledger_events").fetchone()[0] == 1
     conn.close()
-    assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_appended_events_equal_the_events_read_back(ledger: Ledger) -> None:
+    appended = ledger.append_many(
+        [
+            NewEvent("session_started", None, "s1", {"tool": "claude"}),
+            NewEvent("run_submitted", "r1", "s1", {"experiment": "e", "gpus": {"count": 2}}),
+            ("run_finished", "r1", None, {"exit_code": 0, "metrics": {"ppl": 7.5}}),
+        ]
+    )
+    assert appended == ledger.events()
+    stored = ledger._conn.execute("SELECT body FROM ledger_events ORDER BY seq").fetchall()
+    assert [row[0] for row in stored] == [
+        canonical_body(
+            seq=e.seq,
+            ts=utc_iso(e.ts),
+            kind=e.kind.value,
+            run_id=e.run_id,
+            session_id=e.session_id,
+            payload=e.payload,
+            prev_hash=e.prev_hash,
+        )
+        for e in appended
+    ]
+    assert [e.model_dump(mode="json") for e in appended] == [
+        e.model_dump(mode="json") for e in ledger.events()
+    ]
+    assert appended[1].payload == {"experiment": "e", "gpus": {"count": 2}}
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_threads_appending_together_share_one_commit_and_each_gets_its_own_events(
+    ledger: Ledger,
+) -> None:
+    results: dict[int, list[LedgerEvent]] = {}
+
+    def worker(n: int) -> None:
+        results[n] = ledger.append_many(
+            [NewEvent("run_submitted", f"t{n}-{i}", None, {"experiment": "g"}) for i in range(3)]
+        )
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    with ledger._lock:  # a commit in progress: every thread has to queue behind it
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(ledger._queue) == 8, "8 queued appends")
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(8))
+    for n, events in results.items():
+        assert [e.run_id for e in events] == [f"t{n}-{i}" for i in range(3)]
+        assert [b.seq - a.seq for a, b in itertools.pairwise(events)] == [1, 1]
+    stored = ledger.events()
+    assert sorted(e.seq for events in results.values() for e in events) == list(range(1, 25))
+    assert {e.hash for events in results.values() for e in events} == {e.hash for e in stored}
+    assert len({e.ts for e in stored}) == 1  # one transaction
+    assert ledger.verify().ok
+
+
+def test_a_refused_request_in_a_group_commit_does_not_sink_the_others(ledger: Ledger) -> None:
+    outcomes: dict[str, object] = {}
+
+    def worker(name: str, run_id: str) -> None:
+        try:
+            outcomes[name] = ledger.append("run_submitted", run_id=run_id, payload={})
+        except LedgerError as exc:
+            outcomes[name] = exc
+
+    threads = [
+        threading.Thread(target=worker, args=(name, run_id))
+        for name, run_id in (("a", "same"), ("b", "same"), ("c", "other"))
+    ]
+    with ledger._lock:
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(ledger._queue) == 3, "3 queued appends")
+    for t in threads:
+        t.join()
+    refused = [name for name, outcome in outcomes.items() if isinstance(outcome, LedgerError)]
+    assert len(refused) == 1 and refused[0] in ("a", "b")
+    assert "already in the ledger" in str(outcomes[refused[0]])
+    assert ledger.head()[0] == 2
+    assert sorted(r.run_id for r in ledger.runs()) == ["other", "same"]
+    report = ledger.verify()
+    assert report.ok and report.events == 2
