@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 SCRIPTED_KEY = "scripted-model-not-a-real-key"
 CODEX_PROVIDER = "scripted"
 CODEX_KEY_ENV = "SCRIPTED_MODEL_API_KEY"
+OPENCODE_PROVIDER = "scripted"
 
 
 def claude_env(url: str) -> dict[str, str]:
@@ -46,6 +49,75 @@ def write_codex_home(codex_home: Path, url: str, model: str = "scripted-model") 
     codex_home.mkdir(parents=True, exist_ok=True)
     (codex_home / "config.toml").write_text(codex_config(url, model), encoding="utf-8")
     return {"CODEX_HOME": str(codex_home), CODEX_KEY_ENV: SCRIPTED_KEY}
+
+
+def gemini_settings(model: str = "scripted-model") -> dict[str, Any]:
+    """Gemini CLI ``settings.json``: API-key auth, a fixed model, no telemetry or update checks.
+
+    The auth type is pinned because Gemini CLI picks "gateway" auth whenever
+    ``GOOGLE_GEMINI_BASE_URL`` is set, and its headless mode rejects that type. A fixed model
+    turns off the model router, whose classifier requests would otherwise reach the server too.
+    """
+    return {
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "model": {"name": model},
+        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+        "privacy": {"usageStatisticsEnabled": False},
+        "telemetry": {"enabled": False},
+    }
+
+
+def write_gemini_home(home: Path, url: str, model: str = "scripted-model") -> dict[str, str]:
+    """Write ``home/.gemini/settings.json`` and return the variables Gemini CLI then needs.
+
+    ``GEMINI_CLI_TRUST_WORKSPACE`` keeps ``--yolo`` in force in a folder nobody marked trusted.
+    """
+    settings_dir = home / ".gemini"
+    settings_dir.mkdir(parents=True, exist_ok=True)
+    (settings_dir / "settings.json").write_text(
+        json.dumps(gemini_settings(model), indent=2) + "\n", encoding="utf-8"
+    )
+    return {
+        "GEMINI_API_KEY": SCRIPTED_KEY,
+        "GOOGLE_GEMINI_BASE_URL": url,
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+    }
+
+
+def opencode_config(url: str, model: str = "scripted-model") -> dict[str, Any]:
+    """An OpenCode config whose only model is ``url``, reached as an Anthropic Messages provider.
+
+    OpenCode ships ``@ai-sdk/anthropic`` inside its binary, so the provider needs no install; the
+    scripted server tells OpenCode from Claude Code by the tools it offers. Every permission an
+    unattended run needs is granted, as ``--yolo`` does for the other CLIs.
+    """
+    return {
+        "model": f"{OPENCODE_PROVIDER}/{model}",
+        "small_model": f"{OPENCODE_PROVIDER}/{model}",
+        "autoupdate": False,
+        "share": "disabled",
+        "provider": {
+            OPENCODE_PROVIDER: {
+                "npm": "@ai-sdk/anthropic",
+                "name": "Scripted model",
+                "options": {"baseURL": f"{url}/v1", "apiKey": SCRIPTED_KEY},
+                "models": {model: {"name": "Scripted model", "tool_call": True}},
+            }
+        },
+        "permission": {"edit": "allow", "bash": "allow", "webfetch": "deny"},
+    }
+
+
+def opencode_env(url: str, model: str = "scripted-model") -> dict[str, str]:
+    """Variables that give OpenCode :func:`opencode_config` and keep it off the network otherwise."""
+    return {
+        "OPENCODE_CONFIG_CONTENT": json.dumps(opencode_config(url, model)),
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+        "OPENCODE_DISABLE_SHARE": "1",
+    }
 
 
 def run_as(user: str | None, argv: list[str], env: dict[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ its own format.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,3 +96,15 @@ def count_assistant_runs(roles: list[str]) -> int:
 def estimate_tokens(text: str) -> int:
     """A deterministic stand-in for token counts: about four characters per token."""
     return max(1, len(text) // 4)
+
+
+def absolute_path(path: str, view: RequestView, turn: int) -> str:
+    """``path`` made absolute against the working directory the request names."""
+    if path.startswith("/"):
+        return path
+    if view.cwd is None:
+        raise ScriptMismatch(
+            f"turn {turn + 1}: relative path {path!r} but the request does not say its working "
+            "directory; use an absolute path in the script"
+        )
+    return posixpath.normpath(posixpath.join(view.cwd, path))

@@ -1,8 +1,9 @@
 """A local HTTP server that plays a :class:`Script` to real agent CLIs.
 
 Routes: ``POST /v1/messages`` and ``/v1/messages/count_tokens`` (Anthropic, Claude Code),
-``POST /v1/responses`` (OpenAI Responses, Codex), ``GET /v1/models`` (both). Paths may carry any
-prefix and query string.
+``POST /v1/responses`` (OpenAI Responses, Codex), ``POST .../models/<m>:generateContent``,
+``:streamGenerateContent`` and ``:countTokens`` (Gemini API, Gemini CLI), ``GET /v1/models`` (all).
+Paths may carry any prefix and query string.
 
 Which turn to play is read from the conversation history in the request, not from a request
 counter: a request whose history holds N earlier assistant responses gets turn N+1. Retries, side
@@ -27,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from framework.testing import anthropic, responses
-from framework.testing.player import next_reply
+from framework.testing import anthropic, gemini, opencode, responses
+from framework.testing.player import Translate, next_reply
 from framework.testing.protocol import Reply, RequestView, ScriptMismatch
 from framework.testing.script import Script
 
@@ -153,7 +154,29 @@ def _api_module(path: str) -> ModuleType | None:
         return anthropic
     if path.endswith("/responses"):
         return responses
+    if gemini.is_gemini_path(path):
+        return gemini
     return None
+
+
+def _read_request(api: ModuleType, body: dict[str, Any], path: str) -> RequestView:
+    # The Gemini API names the model and streaming in the path, the others in the body.
+    view: RequestView = gemini.read_request(body, path) if api is gemini else api.read_request(body)
+    return view
+
+
+def _translator(api: ModuleType, view: RequestView) -> Translate:
+    # OpenCode and Claude Code share the Messages API but not their tools.
+    if api is anthropic and opencode.speaks(view):
+        return opencode.translate
+    translate: Translate = api.translate
+    return translate
+
+
+def _side_reply(api: ModuleType, body: dict[str, Any], script: Script) -> Reply:
+    if api is gemini:
+        return gemini.side_reply(body, script.side_reply)
+    return Reply(text=script.side_reply)
 
 
 def _decode_body(raw: bytes, encoding: str) -> bytes:
@@ -193,7 +216,7 @@ def _handler_for(server: ScriptedModelServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("request-id", f"req_scripted_{server._next_index()}")
+            self.send_header("request-id", f"req_scripted_{server._next_index() - 1}")
             self.end_headers()
             self.wfile.write(data)
 
@@ -205,9 +228,10 @@ def _handler_for(server: ScriptedModelServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.close_connection = True
             for name, data in events:
-                self.wfile.write(
-                    f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-                )
+                # An empty name sends a data-only event, which is all the Gemini SDK accepts.
+                head = f"event: {name}\n" if name else ""
+                payload = json.dumps(data, ensure_ascii=False)
+                self.wfile.write(f"{head}data: {payload}\n\n".encode())
                 self.wfile.flush()
 
         def do_GET(self) -> None:
@@ -227,14 +251,14 @@ def _handler_for(server: ScriptedModelServer) -> type[BaseHTTPRequestHandler]:
                     "type": "model",
                     "display_name": server.script.model,
                 }
+                server._record(entry.model_copy(update={"kind": "models"}))
                 self._send_json(
                     200, {"object": "list", "data": [model], "has_more": False, "models": []}
                 )
-                server._record(entry.model_copy(update={"kind": "models"}))
                 return
             message = f"scripted model: no route for GET {path}"
-            self._send_json(404, {"error": {"type": "not_found_error", "message": message}})
             server._record(entry.model_copy(update={"status": 404, "error": message}))
+            self._send_json(404, {"error": {"type": "not_found_error", "message": message}})
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -244,56 +268,61 @@ def _handler_for(server: ScriptedModelServer) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(self._read_body() or b"{}")
             except (ValueError, OSError) as exc:
                 message = f"scripted model: request body is not JSON: {exc}"
-                self._send_json(
-                    400, {"error": {"type": "invalid_request_error", "message": message}}
-                )
                 server._record(
                     RecordedRequest(**base, api="", kind="unknown", status=400, error=message)
                 )
+                self._send_json(
+                    400, {"error": {"type": "invalid_request_error", "message": message}}
+                )
                 return
             if path.endswith("/messages/count_tokens"):
-                self._send_json(200, anthropic.count_tokens_body(body))
                 server._record(
                     RecordedRequest(**base, api=anthropic.API, kind="count_tokens", body=body)
                 )
+                self._send_json(200, anthropic.count_tokens_body(body))
+                return
+            if path.endswith(":countTokens"):
+                server._record(
+                    RecordedRequest(**base, api=gemini.API, kind="count_tokens", body=body)
+                )
+                self._send_json(200, gemini.count_tokens_body(body))
                 return
             api = _api_module(path)
             if api is None:
-                message = f"scripted model: no route for POST {path} (serves /v1/messages and /v1/responses)"
-                self._send_json(404, {"error": {"type": "not_found_error", "message": message}})
+                message = (
+                    f"scripted model: no route for POST {path} (serves /v1/messages, "
+                    "/v1/responses and Gemini's models/<model>:generateContent)"
+                )
                 server._record(
                     RecordedRequest(
                         **base, api="", kind="unknown", status=404, error=message, body=body
                     )
                 )
+                self._send_json(404, {"error": {"type": "not_found_error", "message": message}})
                 return
-            self._answer(api, body, base)
+            self._answer(api, body, base, path)
 
-        def _answer(self, api: ModuleType, body: dict[str, Any], base: dict[str, Any]) -> None:
+        def _answer(
+            self, api: ModuleType, body: dict[str, Any], base: dict[str, Any], path: str
+        ) -> None:
             reply_id = f"scripted_{base['index']:04d}"
             try:
-                view: RequestView = api.read_request(body)
+                view = _read_request(api, body, path)
                 if view.is_main:
-                    turn, reply = next_reply(server.script, view, api.translate)
+                    turn, reply = next_reply(server.script, view, _translator(api, view))
                     kind: RequestKind = "main"
                 else:
-                    turn, reply, kind = None, Reply(text=server.script.side_reply), "side"
+                    turn, reply, kind = None, _side_reply(api, body, server.script), "side"
             except ScriptMismatch as exc:
                 message = f"scripted model: {exc}"
-                self._send_json(400, api.error_body(message))
                 server._record(
                     RecordedRequest(
                         **base, api=api.API, kind="main", status=400, error=message, body=body
                     )
                 )
+                self._send_json(400, api.error_body(message))
                 return
-            model = server.script.model
-            if view.stream:
-                render = anthropic.stream_events if api is anthropic else responses.stream_events
-                self._send_events(render(reply, view, reply_id, model))
-            else:
-                whole = anthropic.message if api is anthropic else responses.response
-                self._send_json(200, whole(reply, view, reply_id, model))
+            # Recorded before answering, so a client that holds its answer finds the record.
             server._record(
                 RecordedRequest(
                     **base,
@@ -305,5 +334,11 @@ def _handler_for(server: ScriptedModelServer) -> type[BaseHTTPRequestHandler]:
                     body=body,
                 )
             )
+            model = server.script.model
+            if view.stream:
+                self._send_events(api.stream_events(reply, view, reply_id, model))
+            else:
+                whole = anthropic.message if api is anthropic else api.response
+                self._send_json(200, whole(reply, view, reply_id, model))
 
     return Handler

@@ -106,6 +106,10 @@ class GeminiReader:
         model = msg.get("model") if isinstance(msg.get("model"), str) else None
         text = _text(msg.get("content"))
         if kind == "user":
+            if not text and _only_function_responses(msg.get("content")):
+                # Gemini CLI records tool results as a user message too; they were emitted
+                # already from the call's own ``result``.
+                return
             yield Event(kind=EventKind.USER, text=clip(text), text_size=len(text), **base)
             return
         if kind in ("error", "warning"):
@@ -174,6 +178,14 @@ def _text(content: Any) -> str:
             p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
         )
     return ""
+
+
+def _only_function_responses(content: Any) -> bool:
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and all(isinstance(p, dict) and "functionResponse" in p for p in content)
+    )
 
 
 def _exit_code(output: str) -> int | None:
