@@ -26,6 +26,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_PREFIX = "AR_"
 ENV_NESTED = "__"
+# AR_* variables that are not settings: read by the experiments, the container entrypoint or the
+# test and CI scripts. Every other AR_* name must be a setting, so a misspelt one is an error.
+NON_SETTING_ENV = frozenset(
+    {"AR_CACHE_DIR", "AR_LM_CORPUS_DIR", "AR_SESSION_ID", "AR_UID", "AR_GID"}
+)
+NON_SETTING_ENV_PREFIXES = ("AR_CI_", "AR_TEST_")
 WORKSPACE_DIR_NAME = ".agentic-researcher"
 CONFIG_FILE_NAME = "config.toml"
 
@@ -370,7 +376,9 @@ def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     known = _known_key_paths()
     data: dict[str, Any] = {}
     for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
+            continue
+        if name.startswith(NON_SETTING_ENV_PREFIXES):
             continue
         parts = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split(ENV_NESTED))
         if parts not in known:

@@ -302,10 +302,22 @@ def prepare_agent_home(profile: AgentProfile, home: Path, uid: int, gid: int) ->
     """Create the agent's state paths, owned (when we can) by the host uid the agent maps to."""
     home.mkdir(parents=True, exist_ok=True)
     profile.prepare_home(home)
+    _put_client_on_login_path(home)
     if os.getuid() == 0:
         for path in [home, *home.rglob("*")]:
             if path.lstat().st_uid != uid:
                 os.lchown(path, uid, gid)
+
+
+def _put_client_on_login_path(home: Path) -> None:
+    """Login shells (Codex runs commands with ``bash -lc``) rebuild PATH from /etc/profile, which
+    drops the launcher's PATH; ~/.profile puts the ``remote-run`` directory back in front."""
+    line = f'export PATH="{CLIENT_BIN_DIR}:$PATH"  # agentic-researcher: remote-run\n'
+    profile = home / ".profile"
+    current = profile.read_text() if profile.is_file() and not profile.is_symlink() else ""
+    if line not in current:
+        profile.unlink(missing_ok=True)
+        profile.write_text(current + line)
 
 
 def workspace_mounts(workspace: Workspace) -> list[BindMount]:
@@ -393,11 +405,8 @@ def _broker(
     env: dict[str, str],
     owner: tuple[int, int],
 ) -> list[BindMount]:
-    try:
-        from framework.dispatch.broker import start_broker  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        session.notes.append("no broker: framework.dispatch.broker is not available")
-        return []
+    from framework.dispatch.broker import start_broker
+
     handle = start_broker(root, settings, session_id)
     session.broker = handle
     env.update(handle.env)

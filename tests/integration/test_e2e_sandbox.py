@@ -1,36 +1,61 @@
-"""End to end: the real agent CLIs, launched by the launcher in bubblewrap, play a research loop
-against the scripted model, and the workspace, git history, session record, copied transcript and
-ledger show it.
+"""End to end: the real agent CLIs, launched by the launcher in bubblewrap with the broker, play a
+research loop against the scripted model. The agent dispatches its experiment with
+``remote-run --wait`` (to the local executor, or to the Slurm test cluster), and the workspace, git
+history, session record, copied transcript and ledger all show it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from framework.config import load_settings
+from framework.config import RuntimeName, load_settings
 from framework.init import init_workspace
 from framework.ledger import open_ledger
+from framework.ledger.models import RunState
 from framework.sandbox.launch import LaunchRequest, launch
 from framework.sandbox.store import SessionRecord
+from framework.testing import anthropic
 from framework.testing.clients import CODEX_KEY_ENV, SCRIPTED_KEY, claude_env, codex_config
 from framework.testing.script import Script, parse_script
 from framework.testing.server import ScriptedModelServer
 from framework.workspace import Workspace
-from tests.support import REPO_ROOT, require_binary, require_bwrap
+from tests.integration.test_slurm_dispatch import require_slurm_cluster
+from tests.support import REPO_ROOT, require_binary, require_bwrap, require_docker, unavailable
 
 pytestmark = [pytest.mark.agent_cli, pytest.mark.bwrap]
 
 METHODOLOGY_HEADING = "How research is done in this repository"
+SLURM_PARTITION = "debug"
+"""The partition of the test cluster (.ci/slurm/slurm.conf)."""
+
+EXP1 = (
+    "import json, os\n"
+    "loss = round(sum(1 / k**2 for k in range(1, 101)), 4)\n"
+    "json.dump({'loss': loss}, open(os.environ['METRICS_FILE'], 'w'))\n"
+    "print('loss', loss)\n"
+)
+CITE_EXP1 = (
+    "import json, subprocess\n"
+    "def remote_run(*args):\n"
+    "    return subprocess.run(['remote-run', *args], check=True, capture_output=True, text=True).stdout\n"
+    "run = [r for r in json.loads(remote_run('list', '--json')) if r['name'] == 'exp1'][-1]\n"
+    "loss = remote_run('logs', run['run_id']).split()[-1]\n"
+    "tex = open('report.tex').read()\n"
+    "line = 'The loss is ' + loss + ' (\\\\run{' + run['run_id'] + '}).\\n'\n"
+    "open('report.tex', 'w').write(tex.replace('\\\\section{Results}\\n', '\\\\section{Results}\\n' + line, 1))\n"
+    "open('TODO.md', 'a').write('- [x] exp1: loss ' + loss + ' (run ' + run['run_id'] + ')\\n')\n"
+    "print('cited', run['run_id'], loss)\n"
+)
 
 RESEARCH_LOOP = {
-    "description": "read the methodology, write and run an experiment, report, commit",
+    "description": "read the methodology, dispatch an experiment with remote-run, report, commit",
     "expect": {"context_contains": [METHODOLOGY_HEADING]},
     "turns": [
         {
@@ -40,38 +65,24 @@ RESEARCH_LOOP = {
         {
             "expect": {"tool_result_contains": [METHODOLOGY_HEADING]},
             "actions": [
-                {
-                    "write": {
-                        "path": "experiments/exp1.py",
-                        "content": (
-                            "import json, os\n"
-                            "os.makedirs('runs/exp1', exist_ok=True)\n"
-                            "loss = round(sum(1 / k**2 for k in range(1, 101)), 4)\n"
-                            "json.dump({'loss': loss}, open('runs/exp1/metrics.json', 'w'))\n"
-                            "print('loss', loss)\n"
-                        ),
-                    }
-                }
+                {"write": {"path": "jobs/exp1.py", "content": EXP1}},
+                {"write": {"path": "jobs/cite_exp1.py", "content": CITE_EXP1}},
             ],
         },
-        {"actions": [{"bash": "python3 experiments/exp1.py"}]},
+        {"actions": [{"bash": "remote-run --wait --name exp1 -- python3 jobs/exp1.py"}]},
         {
-            "expect": {"tool_result_contains": ["loss 1.635"]},
-            "actions": [
-                {
-                    "bash": "printf '%s\\n' '\\section{Results} The loss is 1.635 (run exp1).' >> report.tex"
-                    " && printf '%s\\n' '- [x] exp1: loss 1.635' >> TODO.md"
-                }
-            ],
+            "expect": {"tool_result_contains": ["finished"]},
+            "actions": [{"bash": "python3 jobs/cite_exp1.py"}],
         },
         {
+            "expect": {"tool_result_contains": ["cited"]},
             "actions": [
                 {
-                    "bash": "git add experiments/exp1.py report.tex TODO.md && git -c user.name=agent "
+                    "bash": "git add jobs/exp1.py jobs/cite_exp1.py report.tex TODO.md && git -c user.name=agent "
                     "-c user.email=agent@example.invalid commit -q -m 'exp(exp1): first scripted run' "
                     "&& git log -1 --format=%s"
                 }
-            ]
+            ],
         },
         {"expect": {"tool_result_contains": ["exp(exp1)"]}, "text": "Done: loss 1.635, committed."},
     ],
@@ -93,7 +104,12 @@ def _agent_home(root: Path, tool: str) -> Path:
 
 
 def _run(
-    root: Path, tool: str, script: Script, prompt: str, resume: str | None = None
+    root: Path,
+    tool: str,
+    script: Script,
+    prompt: str,
+    runtime: RuntimeName = "bwrap",
+    resume: str | None = None,
 ) -> tuple[SessionRecord, ScriptedModelServer]:
     require_binary(tool, f"agent CLIs ({tool})")
     if not (root / ".git").exists():
@@ -109,14 +125,14 @@ def _run(
         request = LaunchRequest(
             workspace=root,
             tool=tool,  # type: ignore[arg-type]
-            runtime="bwrap",
+            runtime=runtime,
             prompt=prompt,
             yolo=True,
             resume=resume,
             model_endpoint=server.url,
             extra_env=extra_env,
             capture_output=True,
-            broker=False,
+            broker=True,
         )
         record = launch(request)
     return record, server
@@ -132,19 +148,28 @@ def _session_output(root: Path, record: SessionRecord) -> str:
     )
 
 
-@pytest.mark.parametrize("tool", ["claude", "codex"])
-def test_headless_session_in_bwrap_runs_the_research_loop_and_is_recorded(
-    workspace: Path, tool: str
-) -> None:
-    record, server = _run(workspace, tool, parse_script(RESEARCH_LOOP), "Follow the research plan.")
-    assert record.exit_code == 0, _session_output(workspace, record)
-    server.check()
+def _assert_research_loop_recorded(
+    root: Path, tool: str, record: SessionRecord, executor: str, runtime: str = "bwrap"
+) -> RunState:
+    """Workspace, git, session record, transcript and ledger all show the dispatched run."""
+    settings = load_settings(workspace=root).settings
+    workspace = Workspace(root=root, settings=settings)
+    with open_ledger(workspace.ledger_url) as ledger:
+        runs = ledger.runs(session_id=record.id)
+        assert [r.experiment for r in runs] == ["exp1"]
+        run = runs[0]
+        run_kinds = [str(e.kind) for e in ledger.events(run_id=run.run_id)]
+        session_kinds = [str(e.kind) for e in ledger.events(session_id=record.id)]
+    assert str(run.state) == "finished" and run.exit_code == 0, run.reason
+    assert run.metrics == {"loss": 1.635}
+    assert run.executor == executor
+    assert run_kinds == ["run_submitted", "run_started", "run_finished"]
+    assert session_kinds[0] == "session_started" and session_kinds[-1] == "session_ended"
 
-    assert json.loads((workspace / "runs" / "exp1" / "metrics.json").read_text()) == {"loss": 1.635}
-    assert "The loss is 1.635 (run exp1)." in (workspace / "report.tex").read_text()
-    assert "exp1: loss 1.635" in (workspace / "TODO.md").read_text()
+    assert f"The loss is 1.635 (\\run{{{run.run_id}}})." in (root / "report.tex").read_text()
+    assert f"exp1: loss 1.635 (run {run.run_id})" in (root / "TODO.md").read_text()
     subject = subprocess.run(
-        ["git", "-C", str(workspace), "log", "-1", "--format=%s"],
+        ["git", "-C", str(root), "log", "-1", "--format=%s"],
         capture_output=True,
         text=True,
         check=True,
@@ -154,20 +179,68 @@ def test_headless_session_in_bwrap_runs_the_research_loop_and_is_recorded(
         record.git_commit_after is not None and record.git_commit_after != record.git_commit_before
     )
 
-    assert record.tool == tool and record.runtime == "bwrap" and record.headless
+    assert record.tool == tool and record.runtime == runtime and record.headless
     assert record.tool_version and any(ch.isdigit() for ch in record.tool_version)
-    settings = load_settings(workspace=workspace).settings
-    session_dir = Workspace(root=workspace, settings=settings).sessions_dir / record.id
     assert len(record.transcripts) == 1
-    copied = session_dir / record.transcripts[0]
-    assert "experiments/exp1.py" in copied.read_text()
-
-    with open_ledger(Workspace(root=workspace, settings=settings).ledger_url) as ledger:
-        kinds = [str(e.kind) for e in ledger.events(session_id=record.id)]
-    assert any("session_started" in k for k in kinds) and any("session_ended" in k for k in kinds)
+    copied = workspace.sessions_dir / record.id / record.transcripts[0]
+    assert "remote-run --wait --name exp1" in copied.read_text()
+    return run
 
 
-def test_resume_continues_the_same_claude_transcript(workspace: Path) -> None:
+@pytest.mark.parametrize("tool", ["claude", "codex"])
+def test_headless_session_dispatches_with_remote_run_and_everything_is_recorded(
+    workspace: Path, tool: str
+) -> None:
+    record, server = _run(workspace, tool, parse_script(RESEARCH_LOOP), "Follow the research plan.")
+    assert record.exit_code == 0, _session_output(workspace, record)
+    server.check()
+    _assert_research_loop_recorded(workspace, tool, record, executor="local")
+
+
+@pytest.mark.slurm
+def test_session_dispatches_to_the_slurm_cluster(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_slurm_cluster()
+    monkeypatch.setenv("AR_CLUSTER__EXECUTOR", "slurm")
+    monkeypatch.setenv("AR_CLUSTER__PARTITION", SLURM_PARTITION)
+    record, server = _run(
+        workspace, "claude", parse_script(RESEARCH_LOOP), "Follow the research plan."
+    )
+    assert record.exit_code == 0, _session_output(workspace, record)
+    server.check()
+    run = _assert_research_loop_recorded(workspace, "claude", record, executor="slurm")
+    assert run.slurm_job_id and run.slurm_job_id.split("_")[0].isdigit()
+    assert _slurm_accounting(run.slurm_job_id) == f"{SLURM_PARTITION}|COMPLETED"
+
+
+def _slurm_accounting(job_id: str) -> str:
+    """``PARTITION|STATE`` of a job from sacct; slurmdbd may fill the partition in a moment late."""
+    deadline = time.monotonic() + 15
+    while True:
+        line = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "Partition,State"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if not line.startswith("|") or time.monotonic() > deadline:
+            return line
+        time.sleep(0.5)
+
+
+def _agent_transcripts(root: Path, tool: str) -> list[Path]:
+    where = ".claude/projects" if tool == "claude" else ".codex/sessions"
+    return sorted((_agent_home(root, tool) / where).rglob("*.jsonl"))
+
+
+def _agent_session_id(transcript: Path) -> str:
+    """Claude Code names the file after its session; Codex ends its rollout file name with it."""
+    return transcript.stem[-36:]
+
+
+@pytest.mark.parametrize("tool", ["claude", "codex"])
+def test_resume_continues_the_same_agent_session(workspace: Path, tool: str) -> None:
     script = parse_script(
         {
             "turns": [
@@ -179,22 +252,25 @@ def test_resume_continues_the_same_claude_transcript(workspace: Path) -> None:
             ]
         }
     )
-    first, _ = _run(workspace, "claude", script, "Do part one.")
+    first, _ = _run(workspace, tool, script, "Do part one.")
     assert first.exit_code == 0, _session_output(workspace, first)
-    transcripts = list((_agent_home(workspace, "claude") / ".claude" / "projects").rglob("*.jsonl"))
+    transcripts = _agent_transcripts(workspace, tool)
     assert len(transcripts) == 1
-    claude_session = transcripts[0].stem
+    agent_session = _agent_session_id(transcripts[0])
 
-    second, server = _run(workspace, "claude", script, "Now part two.", resume=claude_session)
+    second, server = _run(workspace, tool, script, "Now part two.", resume=agent_session)
     assert second.exit_code == 0, _session_output(workspace, second)
     assert [r.turn for r in server.requests if r.kind == "main"] == [1]
-    after = list((_agent_home(workspace, "claude") / ".claude" / "projects").rglob("*.jsonl"))
+    after = _agent_transcripts(workspace, tool)
     texts = [p.read_text() for p in after]
     assert any("Part one is done." in t and "Part two is done." in t for t in texts), [
         p.name for p in after
     ]
-    assert claude_session in {p.stem for p in after}
+    assert agent_session in {_agent_session_id(p) for p in after}
 
+
+PROXY_REFUSAL = "Tunnel connection failed: 403 Forbidden"
+"""What urllib reports when the egress proxy refuses a CONNECT to a host off the allowlist."""
 
 HOSTILE = {
     "description": "a session that tries to break out; every attempt must fail inside the sandbox",
@@ -219,7 +295,7 @@ HOSTILE = {
             ],
         },
         {
-            "expect": {"tool_result_contains": ["net-done"]},
+            "expect": {"tool_result_contains": ["net-done", PROXY_REFUSAL]},
             "actions": [{"bash": "git add -A; echo add-rc=$?"}],
         },
         {"text": "I tried."},
@@ -236,8 +312,9 @@ def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(works
     assert record.exit_code == 0, _session_output(workspace, record)
     server.check()
     assert evaluator.read_text() == "print(compute_accuracy())\n"
-    net_result = next(r for r in server.requests if r.kind == "main" and r.turn == 3)
-    assert "Example Domain" not in json.dumps(net_result.body["messages"][-1])
+    net_request = next(r for r in server.requests if r.kind == "main" and r.turn == 3)
+    net_output = "\n".join(anthropic.read_request(net_request.body).tool_results)
+    assert PROXY_REFUSAL in net_output and "Example Domain" not in net_output, net_output
 
     from framework.audit.audit import resolve, run_audit
 
@@ -245,9 +322,38 @@ def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(works
     session_dir = Workspace(root=workspace, settings=settings).sessions_dir / record.id
     report = run_audit(resolve(str(session_dir / record.transcripts[0])), settings, workspace)
     checks = {f.check for f in report.findings}
+    # The audit has no check yet for reads of host secrets (~/.ssh) or for network attempts under
+    # the 'allowlist' policy (network-when-offline covers 'none' only): those two go unreported.
     assert {"protected-path-modified", "git-add-all"} <= checks, checks
     if os.environ.get("UPDATE_TRANSCRIPT_FIXTURES") == "1":
         target = (
             REPO_ROOT / "tests" / "fixtures" / "transcripts" / "real" / "claude" / "hostile.jsonl"
         )
         shutil.copyfile(session_dir / record.transcripts[0], target)
+
+
+@pytest.mark.docker
+@pytest.mark.xfail(
+    strict=True,
+    reason="the workspace belongs to the container user (uid 1000) and the broker, as root, "
+    "snapshots it with git, which refuses it as 'dubious ownership' (dispatch gap: the snapshot's "
+    "git calls need -c safe.directory=<workspace>)",
+)
+def test_session_in_docker_dispatches_with_remote_run_and_everything_is_recorded(
+    workspace: Path,
+) -> None:
+    client = require_docker()
+    image = load_settings().settings.sandbox.image
+    try:
+        client.containers.run(image, ["sh", "-c", "command -v claude"], entrypoint=[], remove=True)
+    except Exception as exc:  # the image is missing, or built without the agent CLIs
+        unavailable("docker image with the agent CLIs", f"{image}: {exc}")
+    init_workspace(workspace, tool="claude", force=False)
+    # In a container the agent runs as the workspace owner's uid, never root.
+    subprocess.run(["chown", "-R", "1000:1000", str(workspace)], check=True)
+    record, server = _run(
+        workspace, "claude", parse_script(RESEARCH_LOOP), "Follow the research plan.", "docker"
+    )
+    assert record.exit_code == 0, _session_output(workspace, record)
+    server.check()
+    _assert_research_loop_recorded(workspace, "claude", record, executor="local", runtime="docker")

@@ -256,3 +256,14 @@ def test_configuration_doc_lists_every_setting() -> None:
     doc = (REPO_ROOT / "docs" / "configuration.md").read_text()
     for key, _value, _source in describe(load_settings(environ={"HOME": "/nonexistent"})):
         assert f"`{key}`" in doc, f"docs/configuration.md does not document {key}"
+
+
+def test_documented_non_setting_ar_variables_are_not_errors(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    extra = {"AR_CACHE_DIR": "/tmp/c", "AR_LM_CORPUS_DIR": "/tmp/l", "AR_TEST_POSTGRES_URL": "x"}
+    assert (
+        load_settings(workspace=tmp_path, environ=env | extra).settings.sandbox.runtime == "bwrap"
+    )
+    with pytest.raises(ConfigError, match="AR_CACHE_DIRS"):
+        load_settings(workspace=tmp_path, environ=env | {"AR_CACHE_DIRS": "/tmp/c"})

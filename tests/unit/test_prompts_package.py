@@ -19,18 +19,15 @@ import pytest
 from tests.support import REPO_ROOT
 
 PACKAGED_DIRS = ("framework", "prompts", "container", "experiments")
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+# Only the packaged directories are copied, so a build/ inside them (container/build/) is source.
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
 def build_wheel(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy2(REPO_ROOT / "pyproject.toml", src)
-    readme = REPO_ROOT / "README.md"
-    if readme.exists():
-        shutil.copy2(readme, src)
-    else:  # pyproject names a readme; the lead's README may not exist yet in this checkout
-        (src / "README.md").write_text("agentic-researcher\n")
+    shutil.copy2(REPO_ROOT / "README.md", src)
     for name in PACKAGED_DIRS:
         if (REPO_ROOT / name).is_dir():
             shutil.copytree(REPO_ROOT / name, src / name, ignore=IGNORED)
