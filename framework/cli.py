@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from framework import __version__
-from framework.config import ConfigError, LoadedSettings, load_settings
+
+if TYPE_CHECKING:
+    from framework.config import LoadedSettings
 
 app = typer.Typer(
     name="agentic-researcher",
@@ -42,7 +44,6 @@ WorkspaceOpt = Annotated[
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an actionable error on stderr and return the Exit to raise."""
     from rich.console import Console
-
     from rich.text import Text
 
     Console(stderr=True).print(Text("error: ", style="bold red") + Text(message), highlight=False)
@@ -51,6 +52,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def load(workspace: Path | None, flags: dict[str, Any] | None = None) -> LoadedSettings:
     """Settings for the workspace, turning configuration errors into a clean exit."""
+    from framework.config import ConfigError, load_settings
     from framework.workspace import WorkspaceError, find_root
 
     try:
@@ -160,6 +162,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="overwrite files you have edited")] = False,
 ) -> None:
     """Set up a research repo: config, rendered methodology, report.tex and TODO.md, .gitignore, git."""
+    from framework.config import ConfigError
     from framework.init import InitError, init_workspace
 
     try:

@@ -21,19 +21,37 @@ Run events (``run_submitted``, ``run_started``, ``run_finished``, ``run_failed``
 launcher, the audit) writes; the ledger file lives in the state dir, outside the sandbox.
 """
 
-from framework.ledger.models import (
-    EventKind,
-    GpuAllocation,
-    LedgerError,
-    LedgerEvent,
-    RunFields,
-    RunSpec,
-    RunState,
-    RunStatus,
-    VerifyProblem,
-    VerifyReport,
-)
-from framework.ledger.store import Ledger, NewEvent, open_ledger
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from framework.ledger.models import (
+        EventKind,
+        GpuAllocation,
+        LedgerError,
+        LedgerEvent,
+        RunFields,
+        RunSpec,
+        RunState,
+        RunStatus,
+        VerifyProblem,
+        VerifyReport,
+    )
+    from framework.ledger.store import Ledger, NewEvent, open_ledger
+
+_STORE_NAMES = frozenset({"Ledger", "NewEvent", "open_ledger"})
+
+
+def __getattr__(name: str) -> Any:
+    """Import lazily, so that registering the ``ledger`` commands does not load the store."""
+    if name not in __all__:
+        raise AttributeError(f"module 'framework.ledger' has no attribute {name!r}")
+    from importlib import import_module
+
+    module = import_module(
+        "framework.ledger.store" if name in _STORE_NAMES else "framework.ledger.models"
+    )
+    return getattr(module, name)
+
 
 __all__ = [
     "EventKind",
