@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Docker engine + the agentic-researcher image, built on a base image made here (no registry).
-# Idempotent: reuses a running daemon, an existing base image and the build cache.
+# Idempotent: reuses a running daemon, an existing base image and the build cache (an unchanged
+# image rebuilds in seconds).
 #
-# The CI image is built with INSTALL_AGENTS=0 and INSTALL_LATEX=0: it carries git, Python and
-# the entrypoint (all the sandbox tests need) but not Node.js, the agent CLIs or LaTeX, which
-# would add several minutes and about 1.5 GB. Users build the full image with
-# `agentic-researcher build` (defaults: everything installed).
+# The CI image is built with INSTALL_AGENTS=1 (Node.js 22, the four agent CLIs, uv: the Docker
+# agent tests run the real Claude Code in it) and INSTALL_LATEX=0 (no test compiles LaTeX; it
+# would add about 190 MB and a minute). The build reaches Debian, npm and PyPI through this
+# machine's own configuration, read at run time by `python3 -m framework.sandbox.build`.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 cd "$(dirname "$0")/../.."
@@ -17,6 +18,7 @@ EXEC_ROOT=/run/docker-ci
 SOCKET=/run/docker.sock
 
 need=()
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if ((${#need[@]})); then
@@ -41,12 +43,16 @@ if ! docker -H "unix://${SOCKET}" info >/dev/null 2>&1; then
 fi
 export DOCKER_HOST="unix://${SOCKET}"
 
+# APT_MIRROR, NPM_CONFIG_REGISTRY, EXTRA_CA_CERTS, ... as NAME=VALUE records ended by NUL.
+build_args=()
+mirror=""
+while IFS= read -r -d '' record; do
+    build_args+=(--build-arg "${record}")
+    [[ "${record}" == APT_MIRROR=* ]] && mirror="${record#APT_MIRROR=}"
+done < <(python3 -m framework.sandbox.build)
+
 if ! docker image inspect "${BASE_TAG}" >/dev/null 2>&1; then
-    # The mirror is whatever this machine's apt sources use (deb822 or one-line format).
-    sources=(/etc/apt/sources.list /etc/apt/sources.list.d)
-    mirror="$( (grep -rhoE '^(URIs:|deb)( +\[[^]]*\])? +[^ ]+' "${sources[@]}" 2>/dev/null || true) \
-        | awk '{print $NF}' | grep -E '/debian/?$' | head -1)"
-    : "${mirror:?could not read an apt mirror from /etc/apt/sources*}"
+    : "${mirror:?could not read a Debian mirror from /etc/apt/sources*}"
     rootfs="$(mktemp -d /var/tmp/ar-minbase.XXXXXX)"
     debootstrap --variant=minbase bookworm "${rootfs}" "${mirror}" >/var/log/ar-debootstrap.log 2>&1 || {
         tail -20 /var/log/ar-debootstrap.log >&2
@@ -56,10 +62,14 @@ if ! docker image inspect "${BASE_TAG}" >/dev/null 2>&1; then
     rm -rf "${rootfs}"
 fi
 
-if ! docker image inspect "${IMAGE_TAG}" >/dev/null 2>&1 || [[ "${AR_CI_REBUILD:-0}" == 1 ]]; then
-    docker build --network host -q \
-        --build-arg "BASE_IMAGE=${BASE_TAG}" \
-        --build-arg INSTALL_AGENTS=0 --build-arg INSTALL_LATEX=0 \
-        -t "${IMAGE_TAG}" container/ >/dev/null
+started=${SECONDS}
+if ! docker build --network host "${build_args[@]}" \
+    --build-arg "BASE_IMAGE=${BASE_TAG}" \
+    --build-arg INSTALL_AGENTS=1 --build-arg INSTALL_LATEX=0 \
+    -t "${IMAGE_TAG}" container/ >/var/log/ar-docker-build.log 2>&1; then
+    tail -40 /var/log/ar-docker-build.log >&2
+    echo "image build failed; full log in /var/log/ar-docker-build.log" >&2
+    exit 1
 fi
+echo "image ${IMAGE_TAG} built in $((SECONDS - started)) s"
 echo "docker $(docker version --format '{{.Server.Version}}') ready; image ${IMAGE_TAG}"
