@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from framework.audit.checks.base import AuditConfig, Check, CheckContext, Finding, Severity
+from framework.audit.checks.network import NetworkEgress, NetworkWhenOffline
 from framework.audit.checks.report import report_findings
 from framework.audit.checks.rules import (
     SHELL_WORDS,
@@ -12,11 +13,11 @@ from framework.audit.checks.rules import (
     GitHistoryRewrite,
     GitNoVerify,
     IdleGap,
-    NetworkWhenOffline,
     PipWithUv,
     ProtectedPathModified,
     SuccessAfterFailure,
 )
+from framework.audit.checks.secret import SecretAccess, has_secret_hint
 from framework.audit.checks.shell import split_command
 from framework.audit.events import Event, EventKind
 
@@ -27,7 +28,9 @@ STREAMING = (
     GitHistoryRewrite,
     GitNoVerify,
     PipWithUv,
+    SecretAccess,
     NetworkWhenOffline,
+    NetworkEgress,
     SuccessAfterFailure,
     IdleGap,
     FailingCommandLoop,
@@ -87,7 +90,8 @@ class Checker:
         if argv is None:
             if len(self.split_cache) > 2048:
                 self.split_cache.clear()
-            argv = split_command(command) if SHELL_WORDS.search(command) else []
+            wanted = SHELL_WORDS.search(command) or has_secret_hint(command)
+            argv = split_command(command) if wanted else []
             self.split_cache[command] = argv
         return argv
 

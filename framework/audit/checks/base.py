@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from framework.audit.events import Event, EventKind, EventRecord
 from framework.audit.ledger import LedgerRun
+from framework.sandbox.proxy import host_allowed
 from framework.workspace import Workspace
 
 MAX_FINDINGS_PER_CHECK = 200
@@ -71,6 +72,10 @@ class AuditConfig(BaseModel):
     )
     package_manager: str = "uv"
     network_policy: str = "allowlist"
+    network_allowlist: list[str] | None = Field(
+        default=None,
+        description="hosts the 'allowlist' policy lets through (None: sandbox.network_allowlist)",
+    )
     idle_gap_minutes: float = Field(default=30.0, gt=0)
     loop_threshold: int = Field(default=3, ge=2)
     report_tex: str = "report.tex"
@@ -96,6 +101,10 @@ class CheckContext:
         self._evaluation = re.compile(
             "|".join(fnmatch.translate(p) for p in self.config.evaluation_patterns) or "(?!)"
         )
+        allowlist = self.config.network_allowlist
+        if allowlist is None:
+            allowlist = self.workspace.settings.sandbox.network_allowlist
+        self._allowlist = list(allowlist)
 
     def relative(self, path: str | None) -> str | None:
         """``path`` relative to the workspace root (normalized), or None when it lies outside."""
@@ -112,6 +121,10 @@ class CheckContext:
         """Same rule as :meth:`Workspace.is_protected` on a workspace-relative path, without pathlib
         (this runs for every written path of a long session)."""
         return any(rel == p or rel.startswith(p + "/") for p in self._protected)
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether the egress proxy lets ``host`` through (same matching rule as the proxy)."""
+        return host_allowed(host, self._allowlist)
 
     def is_evaluation(self, rel: str) -> bool:
         """Whether ``rel`` matches one of ``evaluation_patterns`` (fnmatch rules, one regex)."""

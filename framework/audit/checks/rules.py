@@ -6,6 +6,7 @@ import re
 from collections import Counter
 
 from framework.audit.checks.base import CheckContext, Finding, Severity, StreamingCheck
+from framework.audit.checks.network import NETWORK_PROGRAMS
 from framework.audit.checks.shell import git_subcommand
 from framework.audit.events import Event, EventKind, EventRecord
 
@@ -28,35 +29,6 @@ WRITE_PROGRAMS = frozenset(
         "rsync",
     }
 )
-NETWORK_PROGRAMS = frozenset(
-    {
-        "curl",
-        "wget",
-        "ssh",
-        "scp",
-        "sftp",
-        "ftp",
-        "nc",
-        "ncat",
-        "netcat",
-        "telnet",
-        "aria2c",
-        "http",
-        "https",
-        "lynx",
-        "links",
-    }
-)
-NETWORK_GIT = frozenset({"clone", "fetch", "pull", "push", "ls-remote", "submodule"})
-NETWORK_INSTALLERS = {
-    "pip": "install",
-    "pip3": "install",
-    "npm": "install",
-    "apt-get": "install",
-    "apt": "install",
-    "uv": "add",
-}
-WEB_TOOLS = frozenset({"webfetch", "websearch", "web_fetch", "web_search", "google_web_search"})
 SHELL = frozenset({EventKind.SHELL_COMMAND})
 EDITS = frozenset({EventKind.SHELL_COMMAND, EventKind.FILE_EDIT})
 SHELL_WORDS = re.compile(
@@ -233,33 +205,6 @@ def _is_pip_install(words: list[str]) -> bool:
     if len(words) >= 2 and words[0] in ("pip", "pip3") and words[1] == "install":
         return True
     return bool(words) and words[0].startswith("python") and words[1:4] == ["-m", "pip", "install"]
-
-
-class NetworkWhenOffline(StreamingCheck):
-    id = "network-when-offline"
-    severity = Severity.ERROR
-    title = "network used although the policy is 'none'"
-    kinds = frozenset({EventKind.SHELL_COMMAND, EventKind.TOOL_CALL})
-
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if ctx.config.network_policy != "none":
-            return
-        if event.kind is EventKind.TOOL_CALL and (event.tool or "").lower() in WEB_TOOLS:
-            self.flag(event, f"web tool {event.tool} called", event.text)
-            return
-        for words in argv or ():
-            if not words:
-                continue
-            program = words[0]
-            git = git_subcommand(words)
-            if (
-                program in NETWORK_PROGRAMS
-                or (git is not None and git[0] in NETWORK_GIT)
-                or (program in NETWORK_INSTALLERS and NETWORK_INSTALLERS[program] in words[1:3])
-                or _is_pip_install(words)
-            ):
-                self.flag(event, f"{program} reaches the network", event.command)
-                return
 
 
 SUCCESS_CLAIM = re.compile(
