@@ -15,7 +15,13 @@ def _lower_bound(args: argparse.Namespace) -> None:
     from experiments.optimization.lower_bound import run_lower_bound
 
     metrics = run_lower_bound(
-        args.iters, args.digits, args.shift, args.random_starts, args.seed, args.out
+        args.iters,
+        args.digits,
+        args.shift,
+        args.random_starts,
+        args.seed,
+        args.out,
+        args.random_starts_digits,
     )
     print(
         json.dumps(
@@ -59,9 +65,67 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from experiments.optimization.sweep import collect, expand_sweep, markdown_table
+    from experiments.optimization.sweep import collect, expand_sweep, load_sweep, markdown_table
 
-    argvs = expand_sweep(args.config, args.out)
+    if args.task is not None:
+        from experiments.optimization.dispatch import run_task, task_out_dir
+
+        metrics = run_task(args.config, args.task, task_out_dir(args.out), args.threads)
+        print(json.dumps({k: metrics[k] for k in ("sweep", "final_val_loss", "diverged")}))
+        return
+    if args.submit:
+        from experiments.optimization.dispatch import submit_sweep
+
+        answer = submit_sweep(
+            args.config,
+            socket=args.socket,
+            client=args.client,
+            python=args.python,
+            wait=args.wait,
+            tags=args.tag,
+            time_minutes=args.time,
+        )
+        print(json.dumps(answer, indent=2))
+        print(
+            f"collect with: python -m experiments.optimization sweep {args.config} --collect "
+            f"--ledger URL --group {answer['group']}",
+            file=sys.stderr,
+        )
+        failed = [run for run, state in answer.get("states", {}).items() if state != "finished"]
+        if failed:
+            raise ValueError(
+                f"{len(failed)} of {len(answer['runs'])} runs did not finish: {failed}"
+            )
+        return
+    if args.collect:
+        from experiments.optimization.dispatch import ledger_metrics
+        from experiments.optimization.sweep import sweep_points
+
+        if not args.ledger:
+            raise ValueError(
+                "--collect needs --ledger URL (e.g. sqlite:////path/to/state/ledger.sqlite)"
+            )
+        sweep = load_sweep(args.config)
+        experiment = args.experiment or sweep.name
+        runs, problems = ledger_metrics(
+            args.ledger, experiment, tag=args.tag[0] if args.tag else None, group=args.group
+        )
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        expected = len(sweep_points(sweep))
+        if len(runs) < expected:
+            print(
+                f"warning: {len(runs)} of the sweep's {expected} runs have results",
+                file=sys.stderr,
+            )
+        if not runs:
+            raise ValueError(f"no finished run of {experiment!r} has training metrics")
+        out = args.out or Path("runs") / sweep.name
+        rows, plot = collect(runs, out)
+        print(markdown_table(rows))
+        print(f"wrote {out / 'sweep_table.md'}, {plot}", file=sys.stderr)
+        return
+    argvs = expand_sweep(args.config, args.out or Path("runs"))
     if not args.local:
         for argv in argvs:
             print(json.dumps(argv))
@@ -90,12 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--digits",
         type=int,
         default=None,
-        help="mpmath digits (default: enough to follow the run forward)",
+        help="mpmath digits of the worst case (default and minimum: enough to follow it forward for --iters steps; lower values are raised with a note)",
     )
     lb.add_argument(
         "--shift", type=float, default=1.0, help="start the limit orbit this many steps before t=0"
     )
     lb.add_argument("--random-starts", type=int, default=8)
+    lb.add_argument(
+        "--random-starts-digits",
+        type=int,
+        default=0,
+        help="mpmath digits of the random starts; 0 (default) runs them in float64",
+    )
     lb.add_argument("--seed", type=int, default=0)
     lb.add_argument("--out", type=Path, default=Path("runs/fw-lower-bound"))
     lb.set_defaults(run=_lower_bound)
@@ -132,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("runs/lm-train"))
     train.set_defaults(run=_train)
 
-    sweep = commands.add_parser("sweep", help="expand a YAML sweep into train argv's (or run them)")
+    sweep = commands.add_parser(
+        "sweep",
+        help="expand a YAML sweep; print, run locally, submit as one job array, run one task, "
+        "or collect from the ledger",
+    )
     sweep.add_argument("config", type=Path)
     mode = sweep.add_mutually_exclusive_group()
     mode.add_argument(
@@ -141,7 +215,39 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--local", action="store_true", help="run every job here, one after another, then collect"
     )
-    sweep.add_argument("--out", type=Path, default=Path("runs"), help="root of the run directories")
+    mode.add_argument(
+        "--submit", action="store_true", help="submit the whole sweep as ONE job array (remote-run)"
+    )
+    mode.add_argument(
+        "--task",
+        type=int,
+        metavar="I",
+        help="run entry I of the sweep into --out or $RUN_DIR (what each array task runs)",
+    )
+    mode.add_argument(
+        "--collect", action="store_true", help="read finished runs from --ledger into table + plot"
+    )
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="root of the run directories (default runs); --task: the run directory (default "
+        "$RUN_DIR); --collect: where the table and plot go (default runs/<name>)",
+    )
+    sweep.add_argument("--socket", help="--submit: broker socket (default $REMOTE_RUN_SOCKET)")
+    sweep.add_argument("--client", help="--submit: the remote-run script (default: on the PATH)")
+    sweep.add_argument(
+        "--python", help="--submit: interpreter the tasks run with (default: this one)"
+    )
+    sweep.add_argument("--wait", action="store_true", help="--submit: block until every task ends")
+    sweep.add_argument("--time", type=int, help="--submit: time limit per task in minutes")
+    sweep.add_argument(
+        "--tag", action="append", default=[], help="--submit: tag the runs; --collect: filter"
+    )
+    sweep.add_argument("--ledger", help="--collect: ledger URL (sqlite:///... or postgresql://...)")
+    sweep.add_argument("--experiment", help="--collect: ledger experiment (default: sweep name)")
+    sweep.add_argument("--group", help="--collect: only this submission (its group id)")
+    sweep.add_argument("--threads", type=int, default=1, help="--task: torch CPU threads")
     sweep.set_defaults(run=_sweep)
     return parser
 

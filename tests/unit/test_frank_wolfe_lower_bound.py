@@ -14,11 +14,14 @@ from experiments.optimization.lower_bound import (
     constant_table,
     digits_needed,
     forward_run,
+    max_iters,
     objective,
     predecessors,
     random_start,
     run_lower_bound,
+    steps_followed,
     tracking_horizon,
+    working_digits,
     worst_case_trajectory,
 )
 
@@ -64,6 +67,36 @@ def test_random_starts_converge_faster_than_the_worst_case() -> None:
     for _ in range(3):
         f = [objective(x) for x in forward_run(random_start(rng), 400)]
         assert 400**2 * f[400] < 0.05
+
+
+def test_float64_random_starts_are_exact_frank_wolfe_steps_up_to_rounding() -> None:
+    """Each float64 step is, to ~1e-12 of the distance to p, the exact step from its own start:
+    a pseudo-orbit of the map that the chaotic dynamics shadow, so float64 samples random starts."""
+    mpmath.mp.dps = 50
+    rng = random.Random(3)
+    for _ in range(2):
+        trajectory = forward_run(random_start(rng), 300, float64=True)
+        assert 300**2 * objective(trajectory[300]) < 0.05  # still far below the worst case
+        for t in range(300):
+            x = (mpmath.mpf(float(trajectory[t][0])), mpmath.mpf(float(trajectory[t][1])))
+            exact = forward_run(x, 1)[1]
+            error = mpmath.sqrt(
+                (exact[0] - trajectory[t + 1][0]) ** 2 + (exact[1] - trajectory[t + 1][1]) ** 2
+            )
+            assert error < 1e-9 * mpmath.sqrt(objective(exact))
+
+
+def test_too_few_digits_are_raised_to_what_the_run_needs_with_a_note() -> None:
+    digits, note = working_digits(2000, 400)
+    assert digits == digits_needed(2000) == 637
+    assert note is not None and "t = 1328" in note and "637 digits" in note
+    assert "--iters 1215 or fewer" in note
+    assert steps_followed(400) == 1328
+    assert max_iters(400) == 1215 and digits_needed(1215) <= 400 < digits_needed(1216)
+    assert working_digits(2000, None) == (637, None)
+    assert working_digits(2000, 700) == (700, None)  # more than needed is kept
+    with pytest.raises(ValueError, match="at least 15"):
+        working_digits(2000, 5)
 
 
 def test_too_little_precision_loses_the_worst_case_forward() -> None:

@@ -127,3 +127,109 @@ def test_collect_ranks_runs_and_writes_table_and_plot(tmp_path: Path) -> None:
     assert "| adamw | cosine | 0.01 |" in (tmp_path / "summary" / "sweep_table.md").read_text()
     with pytest.raises(ValueError, match="did that run finish"):
         collect([tmp_path / "nowhere"])
+
+
+TINY = """
+name: tiny-sweep
+mode: grid
+fixed: {size: tiny, steps: 6}
+search:
+  schedule: [constant, cosine]
+"""
+
+
+def test_every_array_task_runs_the_same_argv_with_the_index_substituted_by_the_dispatcher(
+    tmp_path: Path,
+) -> None:
+    from experiments.optimization.dispatch import task_argv
+
+    argv = task_argv(tmp_path / "s.yaml", "/venv/bin/python")
+    assert argv == [
+        "/venv/bin/python",
+        "-m",
+        "experiments.optimization",
+        "sweep",
+        str(tmp_path / "s.yaml"),
+        "--task",
+        "{index}",
+    ]
+
+
+def test_task_mode_rejects_an_index_outside_the_sweep_and_a_missing_run_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = str(write(tmp_path, TINY))
+    assert main(["sweep", config, "--task", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "--task 2 is out of range" in capsys.readouterr().err
+    monkeypatch.delenv("RUN_DIR", raising=False)
+    assert main(["sweep", config, "--task", "0"]) == 2
+    assert "RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_submit_validates_the_config_and_needs_a_broker_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REMOTE_RUN_SOCKET", raising=False)
+    assert main(["sweep", str(write(tmp_path, TINY)), "--submit"]) == 2
+    assert "REMOTE_RUN_SOCKET" in capsys.readouterr().err
+    bad = write(tmp_path, TINY.replace("constant", "sideways"))
+    assert main(["sweep", str(bad), "--submit", "--socket", str(tmp_path / "no.sock")]) == 2
+    assert "sideways" in capsys.readouterr().err
+
+
+def test_collect_reads_metrics_from_the_ledger_and_falls_back_to_the_run_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from framework.ledger import EventKind, NewEvent, open_ledger
+
+    def metrics(index: int, loss: float) -> dict:  # type: ignore[type-arg]
+        config = {
+            "optimizer": "adamw",
+            "schedule": ["constant", "cosine"][index],
+            "lr": 0.003,
+            "weight_decay": 0.1,
+            "batch_size": 16,
+        }
+        return {
+            "config": config,
+            "final_val_loss": loss,
+            "diverged": False,
+            "seconds": 2.0,
+            "val_loss": [[3, loss + 0.5], [6, loss]],
+            "sweep": {"name": "tiny-sweep", "index": index, "runs": 2},
+        }
+
+    run_dir = tmp_path / "runs" / "g1.1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics(1, 5.5)))
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    with open_ledger(url) as ledger:
+        events = []
+        for run_id, index in (("g1.0", 0), ("g1.1", 1), ("g2.0", 0)):
+            submitted = {"experiment": "tiny-sweep", "array_index": index, "run_dir": str(run_dir)}
+            events.append(NewEvent(EventKind.run_submitted, run_id, None, submitted))
+        events.append(NewEvent(EventKind.run_finished, "g1.0", None, {"metrics": metrics(0, 5.0)}))
+        events.append(NewEvent(EventKind.run_finished, "g1.1", None, {"metrics": {"loss": 1}}))
+        events.append(NewEvent(EventKind.run_failed, "g2.0", None, {"reason": "exit 1"}))
+        ledger.append_many(events)
+
+    out = tmp_path / "table"
+    config = str(write(tmp_path, TINY))
+    assert (
+        main(["sweep", config, "--collect", "--ledger", url, "--group", "g1", "--out", str(out)])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    rows = json.loads((out / "sweep_summary.json").read_text())
+    assert [(r["schedule"], r["final_val_loss"]) for r in rows] == [
+        ("constant", 5.0),
+        ("cosine", 5.5),
+    ]
+
+    # all submissions: the failed run is reported by id, and the sweep has no missing index
+    assert main(["sweep", config, "--collect", "--ledger", url, "--out", str(out)]) == 0
+    assert "g2.0: failed (exit 1)" in capsys.readouterr().err
+    assert main(["sweep", config, "--collect"]) == 2
+    assert "--ledger URL" in capsys.readouterr().err
