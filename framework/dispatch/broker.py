@@ -31,6 +31,12 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from framework.config import Settings
+from framework.dispatch.jobsandbox import (
+    JobSandboxMode,
+    job_sandbox_mode,
+    sandbox_plan,
+    write_identity_files,
+)
 from framework.dispatch.local import LocalScheduler, LocalSchedulerError, pid_alive
 from framework.dispatch.models import (
     MAX_REQUEST_BYTES,
@@ -51,6 +57,13 @@ from framework.dispatch.models import (
 )
 from framework.dispatch.runner import TASK_FILE, log_name, write_json_atomic
 from framework.dispatch.slurm import TERMINAL_SLURM_STATES, SlurmBackend, SlurmError
+from framework.dispatch.snapshot import (
+    DIFF_NAME,
+    Snapshot,
+    SnapshotError,
+    is_git_workspace,
+    take_snapshot,
+)
 
 SOCKET_NAME = "broker.sock"
 CLIENT_NAME = "remote-run"
@@ -59,6 +72,9 @@ READ_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 256
 MAX_DRAIN_BYTES = 16 << 20
 SLURM_POLL_S = 1.0
+WATCH_MIN_S = 0.05
+WATCH_MAX_S = 1.0
+WATCH_PER_RUN_S = 0.001
 SLURM_FILE_GRACE_S = 3.0
 MAX_METRICS_BYTES = 1 << 20
 MAX_ARTIFACTS_LISTED = 1000
@@ -81,6 +97,19 @@ class DispatchPaths:
     @property
     def records(self) -> Path:
         return self.root / "records"
+
+    @property
+    def groups(self) -> Path:
+        """One file per submission holding all its records as submitted (one fsync per submit)."""
+        return self.root / "groups"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def sandbox_etc(self) -> Path:
+        return self.root / "sandbox-etc"
 
     @property
     def runs(self) -> Path:
@@ -148,11 +177,14 @@ class _LedgerSink:
 
     def submitted_many(self, items: list[tuple[RunRecord, dict[str, Any]]]) -> None:
         """One transaction for a whole submission (an array of 1,000 is one commit, not 1,000)."""
+        self.record_many("run_submitted", items)
+
+    def record_many(self, kind: str, items: list[tuple[RunRecord, dict[str, Any]]]) -> None:
         from framework.ledger import EventKind, NewEvent
 
         events = [
             NewEvent(
-                EventKind.run_submitted,
+                EventKind(kind),
                 record.run_id,
                 record.session_id or self.session_id,
                 {k: v for k, v in payload.items() if v is not None},
@@ -169,7 +201,11 @@ class Broker:
     """Validates and executes broker operations; owns the run records. Thread-safe."""
 
     def __init__(
-        self, workspace_root: Path, settings: Settings, session_id: str | None = None
+        self,
+        workspace_root: Path,
+        settings: Settings,
+        session_id: str | None = None,
+        job_sandbox: JobSandboxMode | None = None,
     ) -> None:
         if settings.state_dir is None:
             raise BrokerError("settings.state_dir is unset; load settings with load_settings()")
@@ -177,8 +213,16 @@ class Broker:
         self.settings = settings
         self.session_id = session_id
         self.paths = DispatchPaths(settings.state_dir)
-        for directory in (self.paths.records, self.paths.runs, self.paths.submitit):
+        for directory in (
+            self.paths.records,
+            self.paths.groups,
+            self.paths.runs,
+            self.paths.submitit,
+        ):
             directory.mkdir(parents=True, exist_ok=True)
+        self.job_sandbox = job_sandbox or job_sandbox_mode(settings)
+        if self.job_sandbox == "required":
+            write_identity_files(self.paths.sandbox_etc)
         ledger_url = settings.ledger.url or f"sqlite:///{settings.state_dir / 'ledger.sqlite'}"
         self.ledger = _LedgerSink(ledger_url, session_id)
         self._lock = threading.RLock()
@@ -187,6 +231,7 @@ class Broker:
         self._groups: dict[str, list[str]] = {}
         self._tokens: dict[str, str] = {}
         self._slurm_terminal_seen: dict[str, float] = {}
+        self._own_record_file: set[str] = set()
         self._stopping = threading.Event()
         cluster = settings.cluster
         self.executor = cluster.executor
@@ -251,9 +296,21 @@ class Broker:
             if request.client_token and request.client_token in self._tokens:
                 group = self._tokens[request.client_token]
                 return {"group": group, "runs": list(self._groups[group])}
-            from framework.workspace import git_state
-
-            snapshot = git_state(self.workspace)
+        snapshot = self._snapshot()
+        plan = None
+        if self.job_sandbox == "required":
+            plan = sandbox_plan(
+                self.settings,
+                self.workspace,
+                cwd,
+                snapshot,
+                request.resources.world_size,
+                self.paths.sandbox_etc,
+            )
+        with self._lock:
+            if request.client_token and request.client_token in self._tokens:
+                group = self._tokens[request.client_token]
+                return {"group": group, "runs": list(self._groups[group])}
             group = new_group_id()
             records: list[RunRecord] = []
             for index in indices:
@@ -274,12 +331,16 @@ class Broker:
                     run_dir=str(run_dir),
                     session_id=self.session_id,
                     client_token=request.client_token,
-                    git_commit=snapshot.commit,
-                    diff_hash=snapshot.diff_sha256,
+                    git_commit=snapshot.commit if snapshot else None,
+                    diff_hash=snapshot.diff_sha256 if snapshot else None,
+                    snapshot_tree=snapshot.tree if snapshot else None,
+                    sandbox=plan["runtime"] if plan else None,
                 )
-                self._write_task(record, devices=None)
-                self._save(record)
+                self._write_task(record, devices=None, plan=plan)
                 records.append(record)
+            if snapshot is not None:
+                snapshot.store_diff([Path(r.run_dir) for r in records])
+            self._save_group(group, records)
             self._groups[group] = [r.run_id for r in records]
             if request.client_token:
                 self._tokens[request.client_token] = group
@@ -308,21 +369,42 @@ class Broker:
                 self._changed.wait(timeout=left)
 
     def cancel(self, run: str) -> list[RunRecord]:
-        records = self.lookup(run)
-        for record in records:
-            if record.state.terminal:
-                continue
-            with self._lock:
+        with self._lock:
+            active = [r for r in self.lookup(run) if not r.state.terminal]
+            for record in active:
                 record.reason = "cancelled on request"
-                self._save(record)
-            if record.executor == "local":
-                queued = record.state is RunState.queued
-                self.local.cancel(record.run_id)
-                if queued:
-                    self._finalize(record, [], external="CANCELLED")
-            elif self.slurm is not None and record.slurm_job_id:
-                self.slurm.cancel(record.slurm_job_id)
+        local = [r for r in active if r.executor == "local"]
+        dequeued, _ = self.local.cancel_many([r.run_id for r in local])
+        never_started = [r for r in local if r.run_id in dequeued]
+        self._cancel_unstarted(never_started)
+        with self._lock:
+            for record in active:
+                if not record.state.terminal:
+                    # Not fsynced: a machine crash loses only the word "cancelled" (the run then
+                    # ends as failed); every final state is fsynced.
+                    self._save(record, fsync=False)
+        slurm_ids = [r.slurm_job_id for r in active if r.executor == "slurm" and r.slurm_job_id]
+        if self.slurm is not None and slurm_ids:
+            self.slurm.cancel(slurm_ids)  # one scancel for a whole array, not one per task
         return self.lookup(run)
+
+    def _cancel_unstarted(self, records: list[RunRecord]) -> None:
+        """Runs taken off the local queue: final, in one batch (one sync, one ledger commit)."""
+        with self._lock:
+            ended = [r for r in records if not r.state.terminal]
+            now = utcnow()
+            for record in ended:
+                record.state = RunState.cancelled
+                record.ended_at = now
+                self._save(record, fsync=False)
+            if not ended:
+                return
+            os.sync()  # one barrier for all the record files above
+            self.ledger.record_many(
+                "run_cancelled",
+                [(r, {"reason": r.reason, "ended_at": now.isoformat()}) for r in ended],
+            )
+            self._changed.notify_all()
 
     def logs(self, op: LogsOp) -> dict[str, Any]:
         record = self.lookup(op.run)[0]
@@ -409,13 +491,15 @@ class Broker:
             )
         except SlurmError as exc:
             for record in records:
-                record.reason = str(exc)
-                self._finalize(record, [], external="FAILED")
+                self._finalize(record, [], external="FAILED", why=str(exc))
             raise
         with self._lock:
             for record, job_id in zip(records, job_ids, strict=True):
                 record.slurm_job_id = job_id
-                self._save(record)
+            self._save_group(group, records)
+            for record in records:
+                if record.run_id in self._own_record_file:
+                    self._save(record)  # saved on its own before the job id was known
 
     def _queue_local(self, record: RunRecord) -> None:
         def prepare(devices: list[str]) -> None:
@@ -423,7 +507,27 @@ class Broker:
 
         self.local.submit(record.run_id, Path(record.run_dir), record.resources.gpus, prepare)
 
-    def _write_task(self, record: RunRecord, devices: list[str] | None) -> None:
+    def _snapshot(self) -> Snapshot | None:
+        """The workspace state the job will run from (None: not a git repository)."""
+        if not is_git_workspace(self.workspace):
+            return None
+        try:
+            return take_snapshot(self.workspace, self.paths.snapshots)
+        except SnapshotError as exc:
+            raise RequestError("workspace", str(exc)) from None
+        except OSError as exc:
+            raise BrokerError(f"cannot snapshot the workspace (is git installed?): {exc}") from None
+
+    def _write_task(
+        self, record: RunRecord, devices: list[str] | None, plan: dict[str, Any] | None = None
+    ) -> None:
+        """Write a new run's ``task.json``, or (``plan`` None) update the devices of an existing one."""
+        path = Path(record.run_dir) / TASK_FILE
+        if plan is None and path.is_file():
+            task = json.loads(path.read_text())
+            task["devices"] = devices if record.executor == "local" else None
+            write_json_atomic(path, task, fsync=False)
+            return
         time_minutes = record.resources.time_minutes or self.settings.cluster.time_minutes
         task = {
             "run_id": record.run_id,
@@ -435,8 +539,10 @@ class Broker:
             "master_port": master_port(record.run_id),
             "devices": devices if record.executor == "local" else None,
             "time_limit_s": time_minutes * 60 if record.executor == "local" else None,
+            "sandbox": plan,
         }
-        write_json_atomic(Path(record.run_dir) / TASK_FILE, task, fsync=False)
+        # A fresh directory nobody reads until the run is queued: no rename needed.
+        path.write_text(json.dumps(task))
 
     def _submitted_payload(self, record: RunRecord) -> dict[str, Any]:
         return {
@@ -450,14 +556,30 @@ class Broker:
             "resources": record.resources.model_dump(),
             "run_dir": record.run_dir,
             "tags": record.tags or None,
-            "extra": {"group_id": record.group_id, "cwd": record.cwd},
+            "extra": {
+                "group_id": record.group_id,
+                "cwd": record.cwd,
+                "snapshot_tree": record.snapshot_tree,
+                "snapshot_diff": str(Path(record.run_dir) / DIFF_NAME)
+                if record.snapshot_tree
+                else None,
+                "sandbox": record.sandbox,
+            },
         }
 
     # --- state transitions ---------------------------------------------------------------
 
-    def _save(self, record: RunRecord) -> None:
+    def _save(self, record: RunRecord, fsync: bool = True) -> None:
+        """One run's record after a state change (it overrides the group file's copy)."""
         write_json_atomic(
-            self.paths.records / f"{record.run_id}.json", record.model_dump(mode="json")
+            self.paths.records / f"{record.run_id}.json", record.model_dump(mode="json"), fsync
+        )
+        self._own_record_file.add(record.run_id)
+
+    def _save_group(self, group: str, records: list[RunRecord]) -> None:
+        """All records of one submission in one file: one fsync for an array of any size."""
+        write_json_atomic(
+            self.paths.groups / f"{group}.json", [r.model_dump(mode="json") for r in records]
         )
 
     def _mark_started(
@@ -525,6 +647,7 @@ class Broker:
         exits: list[dict[str, Any]],
         external: str | None,
         runner_status: int | None = None,
+        why: str | None = None,
     ) -> None:
         """Decide the final state from the ranks' exit files and, when they are missing, the
         executor's word (a Slurm state, or CANCELLED for our own cancel). Records it once."""
@@ -535,7 +658,9 @@ class Broker:
             codes = [int(e.get("code", 1)) for e in exits]
             reasons = [str(e["reason"]) for e in exits if e.get("reason")]
             exit_code = next((c for c in codes if c != 0), 0 if codes else None)
-            if external == "CANCELLED":
+            if why is not None:
+                state, reason = RunState.failed, why
+            elif external == "CANCELLED":
                 state, reason = RunState.cancelled, record.reason or "cancelled in Slurm"
             elif external in ("TIMEOUT", "DEADLINE") or any("time limit" in r for r in reasons):
                 state, reason = RunState.failed, "time limit exceeded"
@@ -593,13 +718,16 @@ class Broker:
 
     def _watch(self) -> None:
         last_sacct = 0.0
-        while not self._stopping.wait(0.05):
+        interval = WATCH_MIN_S
+        while not self._stopping.wait(interval):
             with self._lock:
                 active = [
                     r
                     for r in self._records.values()
-                    if r.executor == "slurm" and not r.state.terminal
+                    if r.executor == "slurm" and r.slurm_job_id and not r.state.terminal
                 ]
+            # A few stats per active run and tick: keep a 1,000-task array from eating a core.
+            interval = min(WATCH_MAX_S, max(WATCH_MIN_S, len(active) * WATCH_PER_RUN_S))
             if not active:
                 continue
             for record in active:
@@ -614,7 +742,11 @@ class Broker:
     def _check_files(self, record: RunRecord) -> None:
         run_dir = Path(record.run_dir)
         if record.state is RunState.queued:
-            started = sorted(run_dir.glob("started.*.json"))
+            started = [
+                path
+                for rank in range(record.resources.world_size)
+                if (path := run_dir / f"started.{rank}.json").exists()
+            ]
             if started:
                 nodes: list[str] = []
                 for path in started:
@@ -666,13 +798,22 @@ class Broker:
 
     def _recover(self) -> None:
         """Reload the records of an earlier broker process and resume watching its runs."""
-        records = []
+        by_id: dict[str, RunRecord] = {}
+        for path in sorted(self.paths.groups.glob("*.json")):
+            try:
+                for item in json.loads(path.read_text()):
+                    record = RunRecord.model_validate(item)
+                    by_id[record.run_id] = record
+            except (OSError, ValueError, TypeError):
+                continue
         for path in sorted(self.paths.records.glob("*.json")):
             try:
-                records.append(RunRecord.model_validate_json(path.read_text()))
+                record = RunRecord.model_validate_json(path.read_text())
             except (OSError, ValidationError):
                 continue
-        for record in sorted(records, key=lambda r: (r.submitted_at, r.run_id)):
+            by_id[record.run_id] = record
+            self._own_record_file.add(record.run_id)
+        for record in sorted(by_id.values(), key=lambda r: (r.submitted_at, r.run_id)):
             self._records[record.run_id] = record
             self._groups.setdefault(record.group_id, []).append(record.run_id)
             if record.client_token:
@@ -681,6 +822,12 @@ class Broker:
                 continue
             self.ledger.record("run_submitted", record, self._submitted_payload(record))
             if record.executor != "local":
+                if not record.slurm_job_id:
+                    why = (
+                        "the broker stopped while submitting this run to Slurm; it may or may "
+                        "not have run (see its run dir); submit it again"
+                    )
+                    self._finalize(record, self._exits(record), external="FAILED", why=why)
                 continue
             if record.state is RunState.queued and not record.pids:
                 self._queue_local(record)
@@ -830,10 +977,15 @@ def install_client(target: Path) -> Path:
 
 
 def start_broker(
-    workspace_root: Path, settings: Settings, session_id: str | None = None
+    workspace_root: Path,
+    settings: Settings,
+    session_id: str | None = None,
+    job_sandbox: JobSandboxMode | None = None,
 ) -> BrokerHandle:
-    """Start a broker serving the workspace's channel in a background thread."""
-    broker = Broker(workspace_root, settings, session_id)
+    """Start a broker serving the workspace's channel in a background thread.
+
+    ``job_sandbox`` overrides ``cluster.job_sandbox`` (default 'required': jobs run in bwrap)."""
+    broker = Broker(workspace_root, settings, session_id, job_sandbox)
     channel = broker.paths.channel
     channel.mkdir(parents=True, exist_ok=True)
     channel.chmod(0o700)

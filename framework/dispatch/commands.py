@@ -55,7 +55,8 @@ def _runs_table(runs: list[dict[str, Any]], title: str) -> Any:
     }
     table = Table(title=title)
     for column in ("run", "name", "state", "nodes", "gpus", "exit", "argv", "reason"):
-        table.add_column(column)
+        # Ids and states stay whole (people copy them); long text folds instead.
+        table.add_column(column, overflow="fold", no_wrap=column in ("run", "state"))
     for r in runs:
         state = r["state"]
         table.add_row(
@@ -128,9 +129,19 @@ def jobs_list(
     live: Annotated[
         bool, typer.Option("--live", help="refresh the table every second until Ctrl-C")
     ] = False,
+    until_done: Annotated[
+        bool,
+        typer.Option(
+            "--until-done", help="with --live: stop once no shown run is queued or running"
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes (--live)")] = 1.0,
     limit: Annotated[int, typer.Option(help="most recent runs shown")] = 50,
 ) -> None:
-    """Recent runs of this workspace's broker."""
+    """Recent runs of this workspace's broker.
+
+    ``--live`` redraws in place on a terminal; when output is not a terminal (a pipe, CI), only the
+    final table is printed, so ``--live --until-done`` also works in scripts."""
     if not live:
         _print_runs(_call(workspace, {"op": "list", "limit": limit})["runs"], as_json, "runs")
         return
@@ -141,7 +152,9 @@ def jobs_list(
             while True:
                 runs = _call(workspace, {"op": "list", "limit": limit})["runs"]
                 view.update(_runs_table(runs, f"runs (live, {time.strftime('%H:%M:%S')})"))
-                time.sleep(1)
+                if until_done and all(r["state"] not in ("queued", "running") for r in runs):
+                    return
+                time.sleep(max(0.05, interval))
         except KeyboardInterrupt:
             return
 

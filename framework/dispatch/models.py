@@ -246,6 +246,10 @@ class RunRecord(BaseModel):
     client_token: str | None = None
     git_commit: str | None = None
     diff_hash: str | None = None
+    snapshot_tree: str | None = Field(
+        default=None, description="git tree of the workspace at submit (see snapshot.py)"
+    )
+    sandbox: str | None = Field(default=None, description="runtime the job runs in, None: none")
     state: RunState = RunState.queued
     submitted_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -19,27 +19,31 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 TASK_FILE = "task.json"
 PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME", "HOME", "TMPDIR")
 """With the SLURM_* allocation variables, the only host variables a job inherits: host secrets (API
 keys, tokens) never reach agent code."""
 
-ArgvWrapper = Callable[[list[str], Mapping[str, Any]], list[str]]
-"""Hook for running the job inside a sandbox on the node: (argv, task) -> wrapped argv."""
+if TYPE_CHECKING:
+    from framework.dispatch.jobsandbox import WrappedJob
+
+ArgvWrapper = Callable[[list[str], Mapping[str, str], Mapping[str, Any]], "WrappedJob"]
+"""Hook for running the job inside a sandbox on the node: (argv, job env, task) -> what to start.
+Tasks with a ``sandbox`` plan use :func:`framework.dispatch.jobsandbox.wrap_in_sandbox`."""
 
 
 def log_name(stream: str, rank: int) -> str:
     return f"{stream}.log" if rank == 0 else f"{stream}.{rank}.log"
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any], fsync: bool = True) -> None:
+def write_json_atomic(path: Path, data: object, fsync: bool = True) -> None:
     """Readers see the old or the new file, never half of one. ``fsync`` adds machine-crash
     durability; a killed process loses nothing already replaced either way."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("w") as fh:
-        json.dump(data, fh)
+        fh.write(json.dumps(data))  # json.dump to a file uses the slow pure-Python encoder
         if fsync:
             fh.flush()
             os.fsync(fh.fileno())
@@ -92,10 +96,8 @@ def run_rank(
     (run_dir / "artifacts").mkdir(exist_ok=True)
     env = job_environment(task, rank, local_rank, world_size, master_addr)
     argv = list(task["argv"])
-    if wrap is not None:
-        argv = wrap(argv, task)
     host = socket.gethostname()
-    started = {
+    started: dict[str, Any] = {
         "rank": rank,
         "host": os.environ.get("SLURMD_NODENAME", host),
         "pid": os.getpid(),
@@ -103,13 +105,30 @@ def run_rank(
     }
     started["devices"] = env.get("CUDA_VISIBLE_DEVICES")
     outcome: dict[str, Any] = {"rank": rank, "host": started["host"]}
+    popen_env, cwd = env, task["cwd"]
+    if wrap is None and task.get("sandbox"):
+        from framework.dispatch.jobsandbox import wrap_in_sandbox
+
+        wrap = wrap_in_sandbox
     with (
         (run_dir / log_name("stdout", rank)).open("ab") as out,
         (run_dir / log_name("stderr", rank)).open("ab") as err,
     ):
+        if wrap is not None:
+            try:
+                wrapped = wrap(argv, env, task)
+            except Exception as exc:  # any failure to sandbox must fail the run, visibly
+                reason = f"cannot sandbox the job: {exc}"
+                err.write(f"remote-run: {reason}\n".encode())
+                write_json_atomic(run_dir / f"started.{rank}.json", started)
+                outcome.update(code=126, reason=reason, time=time.time())
+                write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
+                return 126
+            argv, popen_env, cwd = wrapped.argv, wrapped.env, wrapped.cwd
+            started["sandbox"] = wrapped.info
         try:
             proc = subprocess.Popen(
-                argv, cwd=task["cwd"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                argv, cwd=cwd, env=popen_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
             )
         except OSError as exc:
             err.write(f"remote-run: cannot start {argv[0]!r}: {exc.strerror}\n".encode())

@@ -9,6 +9,7 @@ run directories for each rank's exit file (fast) and asks ``sacct`` for what the
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,9 @@ TERMINAL_SLURM_STATES = frozenset(
         "REVOKED",
     }
 )
+
+
+SCANCEL_BATCH = 500
 
 
 class SlurmError(RuntimeError):
@@ -110,11 +114,16 @@ class SlurmBackend:
         for line in proc.stdout.splitlines():
             parts = line.split("|")
             if len(parts) == 3:
-                found[parts[0]] = (parts[1].split()[0] if parts[1] else "", parts[2])
+                state = (parts[1].split()[0] if parts[1] else "", parts[2])
+                # Tasks that never started are one line: "123_[16-999%1000]" (cancelled pending).
+                for job_id in expand_array_ids(parts[0]):
+                    found.setdefault(job_id, state)
         return found
 
-    def cancel(self, job_id: str) -> None:
-        subprocess.run(["scancel", job_id], capture_output=True, check=False, timeout=30)
+    def cancel(self, job_ids: list[str]) -> None:
+        for start in range(0, len(job_ids), SCANCEL_BATCH):
+            batch = job_ids[start : start + SCANCEL_BATCH]
+            subprocess.run(["scancel", *batch], capture_output=True, check=False, timeout=60)
 
     def nodes(self) -> list[NodeInfo]:
         proc = subprocess.run(
@@ -131,6 +140,20 @@ class SlurmBackend:
             for line in proc.stdout.splitlines()
             if line.startswith("NodeName=")
         ]
+
+
+def expand_array_ids(job_id: str) -> list[str]:
+    """``123_[1-3,7%10]`` -> 123_1, 123_2, 123_3, 123_7; any other id is returned as it is."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", job_id)
+    if match is None:
+        return [job_id]
+    base, ranges = match.groups()
+    ids = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
 
 
 def _tres(text: str) -> dict[str, str]:

@@ -305,7 +305,7 @@ def test_broker_killed_and_restarted_loses_no_job(workspace: Path, tmp_path: Pat
         runs = []
         for _ in range(3):
             request = {
-                "argv": [sys.executable, "-c", script],
+                "argv": ["python3", "-c", script],
                 "cwd": str(workspace),
                 "resources": {"gpus": 1},
             }

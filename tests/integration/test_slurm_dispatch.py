@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from framework.dispatch.broker import BrokerHandle, start_broker
+from framework.dispatch.broker import BrokerHandle, DispatchPaths, start_broker
 from framework.dispatch.client import call
-from framework.ledger import open_ledger
-from tests.integration.test_dispatch_broker import make_settings, make_workspace
-from tests.support import unavailable
+from framework.ledger import EventKind, open_ledger
+from tests.integration.test_dispatch_broker import _pings, make_settings, make_workspace
+from tests.support import require_bwrap, unavailable
 
 pytestmark = pytest.mark.slurm
 
@@ -106,7 +109,13 @@ def test_single_job_runs_on_a_node_and_is_recorded_with_its_slurm_id(
     assert recorded.executor == "slurm" and recorded.slurm_job_id == run["slurm_job_id"]
     assert recorded.metrics == {"loss": 0.25}
     deadline = time.monotonic() + 15
-    while (accounted := sacct_state(run["slurm_job_id"])) in ("RUNNING", "COMPLETING", ""):
+    # Accounting lags the job (slurmdbd is asynchronous): PENDING or RUNNING may show briefly.
+    while (accounted := sacct_state(run["slurm_job_id"])) in (
+        "PENDING",
+        "RUNNING",
+        "COMPLETING",
+        "",
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert accounted == "COMPLETED"
@@ -226,3 +235,128 @@ def test_job_exceeding_its_time_limit_is_recorded_failed(
     (run,) = wait(handle, run_id, timeout_s=240)
     assert run["state"] == "failed", run
     assert "time limit" in run["reason"]
+
+
+@pytest.mark.bwrap
+def test_job_on_a_slurm_node_is_sandboxed_and_its_metrics_are_recorded(
+    slurm_broker: tuple[BrokerHandle, Path, Path], tmp_path: Path
+) -> None:
+    require_bwrap()
+    handle, workspace, state = slurm_broker
+    ssh = Path.home() / ".ssh"
+    created_dir = not ssh.exists()
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    decoy = ssh / f"ar-test-decoy-{tmp_path.name}"
+    decoy.write_text("host secret")
+    probe = (
+        "import runpy, sys\n"
+        "for action, path in (('write', 'exp.py'), ('read', sys.argv[1])):\n"
+        "    try:\n"
+        "        open(path, 'a' if action == 'write' else 'r').read() if action == 'read' "
+        "else open(path, 'a').write('x')\n"
+        "        print('DID', action)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', action, exc.errno)\n"
+        "runpy.run_path('exp.py')\n"
+    )
+    before = (workspace / "exp.py").read_text()
+    try:
+        (run_id,) = submit(handle, workspace, ["python3", "-c", probe, str(decoy)])
+        (run,) = wait(handle, run_id)
+    finally:
+        decoy.unlink()
+        if created_dir:
+            ssh.rmdir()
+    run_dir = Path(run["run_dir"])
+    assert run["state"] == "finished", (run_dir / "stderr.log").read_text()
+    lines = (run_dir / "stdout.log").read_text().splitlines()
+    assert lines[:2] == ["refused write 30", "refused read 2"]
+    assert (workspace / "exp.py").read_text() == before
+    started = json.loads((run_dir / "started.0.json").read_text())
+    assert started["host"] in {"n1", "n2", "n3", "n4"}
+    assert started["sandbox"]["runtime"] == "bwrap"
+    with open_ledger(f"sqlite:///{state / 'ledger.sqlite'}") as ledger:
+        assert ledger.run(run_id).metrics == {"loss": 0.25}
+
+
+def test_broker_killed_while_slurm_jobs_run_loses_none_and_records_each_end_once(
+    tmp_path: Path,
+) -> None:
+    require_slurm_cluster()
+    workspace = make_workspace(tmp_path)
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "AR_STATE_DIR": str(state),
+        "AR_CLUSTER__EXECUTOR": "slurm",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    sock = str(DispatchPaths(state).socket)
+    command = [sys.executable, "-c", "from framework.cli import main; main()", "broker"]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [*command, "-w", str(workspace)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not _pings(sock):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return proc
+
+    broker = start()
+    try:
+        quick = ["python3", "-c", "import time; time.sleep(2); print('{index}')"]
+        slow = ["python3", "-c", "import time; time.sleep(6); print('slow')"]
+        runs = call(
+            {"op": "submit", "request": {"argv": quick, "cwd": str(workspace), "array": [0, 1, 2]}},
+            sock,
+        )["runs"]
+        runs += call({"op": "submit", "request": {"argv": slow, "cwd": str(workspace)}}, sock)[
+            "runs"
+        ]
+        deadline = time.monotonic() + 60
+        while any(
+            call({"op": "status", "run": r}, sock)["runs"][0]["state"] == "queued" for r in runs
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        broker.send_signal(signal.SIGKILL)
+        broker.wait()
+        time.sleep(3)  # the quick tasks end while no broker is watching
+        broker = start()
+        finals = [call({"op": "wait", "run": r, "timeout_s": 90}, sock)["runs"][0] for r in runs]
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    assert [f["state"] for f in finals] == ["finished"] * 4, finals
+    with open_ledger(f"sqlite:///{state / 'ledger.sqlite'}") as ledger:
+        for run_id in runs:
+            kinds = [e.kind for e in ledger.events(run_id=run_id)]
+            assert kinds.count(EventKind.run_submitted) == 1, kinds
+            assert kinds.count(EventKind.run_started) == 1, kinds
+            assert kinds.count(EventKind.run_finished) == 1, kinds
+        assert ledger.verify().ok
+
+
+def test_cancelling_an_array_with_pending_tasks_records_every_task_cancelled(
+    slurm_broker: tuple[BrokerHandle, Path, Path],
+) -> None:
+    handle, workspace, _ = slurm_broker
+    sock = handle.env["REMOTE_RUN_SOCKET"]
+    # 40 tasks on 16 CPUs: most are still pending (sacct reports them as one "ID_[a-b]" line).
+    runs = submit(handle, workspace, ["sleep", "60"], array=list(range(40)))
+    group = runs[0].rsplit(".", 1)[0]
+    deadline = time.monotonic() + 60
+    while not any(
+        r["state"] == "running" for r in call({"op": "status", "run": group}, sock)["runs"]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    call({"op": "cancel", "run": group}, sock)
+    finals = wait(handle, group, timeout_s=90)
+    assert [r["state"] for r in finals] == ["cancelled"] * 40, [r["state"] for r in finals]
