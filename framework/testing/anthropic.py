@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import posixpath
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ from framework.testing.protocol import (
     RequestView,
     ScriptMismatch,
     ToolCall,
+    absolute_path,
     count_assistant_runs,
     estimate_tokens,
     find_cwd,
@@ -54,17 +54,6 @@ def _tool_results_since_last_turn(messages: list[dict[str, Any]]) -> list[str]:
     return results
 
 
-def _absolute(path: str, view: RequestView, turn: int) -> str:
-    if path.startswith("/"):
-        return path
-    if view.cwd is None:
-        raise ScriptMismatch(
-            f"turn {turn + 1}: relative path {path!r} but the request does not say its working "
-            "directory; use an absolute path in the script"
-        )
-    return posixpath.normpath(posixpath.join(view.cwd, path))
-
-
 def translate(action: Action, view: RequestView, turn: int, index: int) -> ToolCall:
     """Map a portable action onto Claude Code's tools."""
     name: str
@@ -72,10 +61,10 @@ def translate(action: Action, view: RequestView, turn: int, index: int) -> ToolC
     if action.bash is not None:
         name, arguments = "Bash", {"command": action.bash, "description": "scripted command"}
     elif action.write is not None:
-        path = _absolute(action.write.path, view, turn)
+        path = absolute_path(action.write.path, view, turn)
         name, arguments = "Write", {"file_path": path, "content": action.write.content}
     elif action.edit is not None:
-        path = _absolute(action.edit.path, view, turn)
+        path = absolute_path(action.edit.path, view, turn)
         name = "Edit"
         arguments = {
             "file_path": path,
@@ -83,7 +72,7 @@ def translate(action: Action, view: RequestView, turn: int, index: int) -> ToolC
             "new_string": action.edit.new,
         }
     elif action.read is not None:
-        name, arguments = "Read", {"file_path": _absolute(action.read, view, turn)}
+        name, arguments = "Read", {"file_path": absolute_path(action.read, view, turn)}
     else:
         assert action.tool is not None
         name, arguments = action.tool.name, dict(action.tool.input)
