@@ -192,6 +192,12 @@ class ClusterSettings(_Section):
     max_array: int = Field(
         default=1000, ge=1, description="largest job array one request may submit"
     )
+    job_sandbox: Literal["required", "off"] = Field(
+        default="required",
+        description="run each remote-run job in a bwrap sandbox on its node, from a read-only "
+        "snapshot of the workspace (required: a node without bwrap fails the run), or off "
+        "(jobs run unsandboxed as the broker's user; only for trusted code)",
+    )
     local_devices: list[str] = Field(
         default_factory=list, description="GPU ids the local executor schedules onto"
     )

@@ -85,6 +85,7 @@ class ClusterContext(BaseModel):
     cpus_per_task: int
     max_nodes: int
     max_array: int
+    job_sandbox: str
 
 
 class CommandContext(BaseModel):

@@ -37,8 +37,14 @@ def git_state(root: Path) -> GitState:
     if not (root / ".git").exists():
         return GitState(commit=None, dirty=False, diff_sha256=None)
 
+    # The repository may belong to another user (a Docker session's container uid): name it safe
+    # for these reads, and keep fsmonitor off so that reading runs nothing the repo configures.
+    trust = ("-c", f"safe.directory={root}", "-c", "core.fsmonitor=false")
+
     def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=False)
+        return subprocess.run(
+            ["git", *trust, "-C", str(root), *args], capture_output=True, check=False
+        )
 
     head = git("rev-parse", "--verify", "-q", "HEAD")
     commit = head.stdout.decode().strip() or None

@@ -16,6 +16,7 @@ Stable interface (used by ``launch`` and the sandbox)::
 
 Modules: ``models`` (validated requests and run records), ``broker`` (socket server, records,
 ledger events, recovery), ``local`` (GPU-aware scheduler for one workstation), ``slurm`` (submitit
-submission, sacct/scontrol), ``runner`` (runs one rank on the node; ``ArgvWrapper`` is the hook for
-running jobs inside a sandbox there), ``client`` (``remote-run``). See docs/dispatch.md.
+submission, sacct/scontrol), ``runner`` (runs one rank on the node), ``snapshot`` (the workspace as
+submitted: commit, diff, read-only copy), ``jobsandbox`` (each job in bwrap on its node, from that
+snapshot; ``cluster.job_sandbox``), ``client`` (``remote-run``). See docs/dispatch.md.
 """

@@ -118,6 +118,12 @@ class SlurmBackend:
                 # Tasks that never started are one line: "123_[16-999%1000]" (cancelled pending).
                 for job_id in expand_array_ids(parts[0]):
                     found.setdefault(job_id, state)
+        # Once a pending remainder is cancelled, sacct may show it under the bare array id.
+        for job_id in job_ids:
+            base = job_id.split("_")[0]
+            covered = base != job_id and base in found and job_id not in found
+            if covered and found[base][0] in TERMINAL_SLURM_STATES:
+                found[job_id] = found[base]
         return found
 
     def cancel(self, job_ids: list[str]) -> None:

@@ -35,6 +35,13 @@ MAX_IGNORED_ENTRIES = 256
 _SAFE_GIT = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
 
 
+def _trust(workspace: Path) -> tuple[str, str]:
+    """The broker may run as another user than the workspace's owner (a Docker session's files
+    belong to the container uid); git then refuses the repository unless it is named safe. With
+    fsmonitor and hooks off above, reading it runs nothing of the agent's."""
+    return ("-c", f"safe.directory={workspace}")
+
+
 class SnapshotError(RuntimeError):
     """The workspace cannot be snapshotted; the message says what to change."""
 
@@ -64,11 +71,25 @@ class Snapshot:
                 shutil.copyfile(first, run_dir / DIFF_NAME)
 
 
+def _objects_env(workspace: Path, store: Path) -> dict[str, str]:
+    """New objects (the snapshot's blobs and trees) go to a store of the broker's own; the
+    workspace's objects are only read. The broker may run as another user than the repository's
+    owner (a Docker session), and objects it wrote into .git/objects would then be files the
+    agent's own `git add` cannot write next to."""
+    objects = store / "objects"
+    objects.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "GIT_OBJECT_DIRECTORY": str(objects),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(workspace / ".git" / "objects"),
+    }
+
+
 def _git(
     workspace: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        ["git", *_SAFE_GIT, "-C", str(workspace), *args],
+        ["git", *_SAFE_GIT, *_trust(workspace), "-C", str(workspace), *args],
         capture_output=True,
         check=False,
         env=env,
@@ -100,6 +121,7 @@ def take_snapshot(workspace: Path, store: Path) -> Snapshot:
             "--no-textconv",
             commit or EMPTY_TREE,
             tree,
+            env=_objects_env(workspace, store),
         ),
         "git diff",
     )
@@ -131,7 +153,7 @@ def _working_tree(workspace: Path, store: Path, commit: str | None) -> str:
     store.mkdir(parents=True, exist_ok=True)
     index = store / f".index-{os.getpid()}-{secrets.token_hex(4)}"
     real_index = workspace / ".git" / "index"
-    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    env = {**_objects_env(workspace, store), "GIT_INDEX_FILE": str(index)}
     try:
         if real_index.is_file():
             shutil.copyfile(
@@ -153,9 +175,19 @@ def _materialize(workspace: Path, store: Path, tree: str) -> Path:
     staging.mkdir(parents=True)
     try:
         with subprocess.Popen(
-            ["git", *_SAFE_GIT, "-C", str(workspace), "archive", "--format=tar", tree],
+            [
+                "git",
+                *_SAFE_GIT,
+                *_trust(workspace),
+                "-C",
+                str(workspace),
+                "archive",
+                "--format=tar",
+                tree,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=_objects_env(workspace, store),
         ) as proc:
             assert proc.stdout is not None
             with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:

@@ -169,7 +169,8 @@ def _assert_research_loop_recorded(
     assert f"The loss is 1.635 (\\run{{{run.run_id}}})." in (root / "report.tex").read_text()
     assert f"exp1: loss 1.635 (run {run.run_id})" in (root / "TODO.md").read_text()
     subject = subprocess.run(
-        ["git", "-C", str(root), "log", "-1", "--format=%s"],
+        # In Docker the repo belongs to the container user, which git run as root would refuse.
+        ["git", "-c", f"safe.directory={root}", "-C", str(root), "log", "-1", "--format=%s"],
         capture_output=True,
         text=True,
         check=True,
@@ -344,12 +345,6 @@ def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(works
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(
-    strict=True,
-    reason="the workspace belongs to the container user (uid 1000) and the broker, as root, "
-    "snapshots it with git, which refuses it as 'dubious ownership' (dispatch gap: the snapshot's "
-    "git calls need -c safe.directory=<workspace>)",
-)
 def test_session_in_docker_dispatches_with_remote_run_and_everything_is_recorded(
     workspace: Path,
 ) -> None:

@@ -124,3 +124,11 @@ def test_scontrol_node_line_gives_gpu_and_cpu_counts() -> None:
         1,
         3,
     )
+
+
+def test_sacct_line_for_never_started_array_tasks_expands_to_each_task() -> None:
+    from framework.dispatch.slurm import expand_array_ids
+
+    assert expand_array_ids("5822_[3-5%1000]") == ["5822_3", "5822_4", "5822_5"]
+    assert expand_array_ids("12_[1,4-5]") == ["12_1", "12_4", "12_5"]
+    assert expand_array_ids("12_7") == ["12_7"] and expand_array_ids("13") == ["13"]
