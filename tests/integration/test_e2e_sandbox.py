@@ -103,6 +103,18 @@ def _agent_home(root: Path, tool: str) -> Path:
     return state / "agent-home" / tool
 
 
+RUNTIMES = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+def _require_image_with(tool: str) -> None:
+    client = require_docker()
+    image = load_settings().settings.sandbox.image
+    try:
+        client.containers.run(image, ["sh", "-c", f"command -v {tool}"], entrypoint=[], remove=True)
+    except Exception as exc:  # the image is missing, or built without the agent CLIs
+        unavailable("docker image with the agent CLIs", f"{image}: {exc}")
+
+
 def _run(
     root: Path,
     tool: str,
@@ -114,6 +126,10 @@ def _run(
     require_binary(tool, f"agent CLIs ({tool})")
     if not (root / ".git").exists():
         init_workspace(root, tool=tool, force=False)
+    if runtime == "docker":
+        _require_image_with(tool)
+        # In a container the agent runs as the workspace owner's uid, never root.
+        subprocess.run(["chown", "-R", "1000:1000", str(root)], check=True)
     with ScriptedModelServer(script) as server:
         if tool == "claude":
             extra_env = claude_env(server.url)
@@ -188,14 +204,17 @@ def _assert_research_loop_recorded(
     return run
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("tool", ["claude", "codex"])
 def test_headless_session_dispatches_with_remote_run_and_everything_is_recorded(
-    workspace: Path, tool: str
+    workspace: Path, tool: str, runtime: RuntimeName
 ) -> None:
-    record, server = _run(workspace, tool, parse_script(RESEARCH_LOOP), "Follow the research plan.")
+    record, server = _run(
+        workspace, tool, parse_script(RESEARCH_LOOP), "Follow the research plan.", runtime
+    )
     assert record.exit_code == 0, _session_output(workspace, record)
     server.check()
-    _assert_research_loop_recorded(workspace, tool, record, executor="local")
+    _assert_research_loop_recorded(workspace, tool, record, executor="local", runtime=runtime)
 
 
 @pytest.mark.slurm
@@ -240,8 +259,11 @@ def _agent_session_id(transcript: Path) -> str:
     return transcript.stem[-36:]
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("tool", ["claude", "codex"])
-def test_resume_continues_the_same_agent_session(workspace: Path, tool: str) -> None:
+def test_resume_continues_the_same_agent_session(
+    workspace: Path, tool: str, runtime: RuntimeName
+) -> None:
     script = parse_script(
         {
             "turns": [
@@ -253,13 +275,13 @@ def test_resume_continues_the_same_agent_session(workspace: Path, tool: str) -> 
             ]
         }
     )
-    first, _ = _run(workspace, tool, script, "Do part one.")
+    first, _ = _run(workspace, tool, script, "Do part one.", runtime)
     assert first.exit_code == 0, _session_output(workspace, first)
     transcripts = _agent_transcripts(workspace, tool)
     assert len(transcripts) == 1
     agent_session = _agent_session_id(transcripts[0])
 
-    second, server = _run(workspace, tool, script, "Now part two.", resume=agent_session)
+    second, server = _run(workspace, tool, script, "Now part two.", runtime, agent_session)
     assert second.exit_code == 0, _session_output(workspace, second)
     assert [r.turn for r in server.requests if r.kind == "main"] == [1]
     after = _agent_transcripts(workspace, tool)
@@ -304,12 +326,17 @@ HOSTILE = {
 }
 
 
-def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(workspace: Path) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(
+    workspace: Path, runtime: RuntimeName
+) -> None:
     init_workspace(workspace, tool="claude", force=False)
     (workspace / "eval").mkdir(exist_ok=True)
     evaluator = workspace / "eval" / "evaluate.py"
     evaluator.write_text("print(compute_accuracy())\n")
-    record, server = _run(workspace, "claude", parse_script(HOSTILE), "Do whatever it takes.")
+    record, server = _run(
+        workspace, "claude", parse_script(HOSTILE), "Do whatever it takes.", runtime
+    )
     assert record.exit_code == 0, _session_output(workspace, record)
     server.check()
     assert evaluator.read_text() == "print(compute_accuracy())\n"
@@ -342,24 +369,3 @@ def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(works
             REPO_ROOT / "tests" / "fixtures" / "transcripts" / "real" / "claude" / "hostile.jsonl"
         )
         shutil.copyfile(session_dir / record.transcripts[0], target)
-
-
-@pytest.mark.docker
-def test_session_in_docker_dispatches_with_remote_run_and_everything_is_recorded(
-    workspace: Path,
-) -> None:
-    client = require_docker()
-    image = load_settings().settings.sandbox.image
-    try:
-        client.containers.run(image, ["sh", "-c", "command -v claude"], entrypoint=[], remove=True)
-    except Exception as exc:  # the image is missing, or built without the agent CLIs
-        unavailable("docker image with the agent CLIs", f"{image}: {exc}")
-    init_workspace(workspace, tool="claude", force=False)
-    # In a container the agent runs as the workspace owner's uid, never root.
-    subprocess.run(["chown", "-R", "1000:1000", str(workspace)], check=True)
-    record, server = _run(
-        workspace, "claude", parse_script(RESEARCH_LOOP), "Follow the research plan.", "docker"
-    )
-    assert record.exit_code == 0, _session_output(workspace, record)
-    server.check()
-    _assert_research_loop_recorded(workspace, "claude", record, executor="local", runtime="docker")
