@@ -15,6 +15,7 @@ from framework.testing.protocol import (
     count_assistant_runs,
     estimate_tokens,
     find_cwd,
+    require_offered,
     text_of,
 )
 from framework.testing.script import Action
@@ -76,11 +77,7 @@ def translate(action: Action, view: RequestView, turn: int, index: int) -> ToolC
     else:
         assert action.tool is not None
         name, arguments = action.tool.name, dict(action.tool.input)
-    if name not in view.tool_names:
-        raise ScriptMismatch(
-            f"turn {turn + 1}: action {action.kind!r} needs the tool {name!r}, which this request "
-            f"does not offer (offered: {', '.join(view.tool_names)})"
-        )
+    require_offered(name, action.kind, view, turn)
     return ToolCall(call_id=f"toolu_scripted_{turn + 1:03d}_{index}", name=name, input=arguments)
 
 

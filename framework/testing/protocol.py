@@ -108,3 +108,12 @@ def absolute_path(path: str, view: RequestView, turn: int) -> str:
             "directory; use an absolute path in the script"
         )
     return posixpath.normpath(posixpath.join(view.cwd, path))
+
+
+def require_offered(name: str, kind: str, view: RequestView, turn: int) -> None:
+    """A scripted action may only call a tool that the request offers the model."""
+    if name not in view.tool_names:
+        raise ScriptMismatch(
+            f"turn {turn + 1}: action {kind!r} needs the tool {name!r}, which this request "
+            f"does not offer (offered: {', '.join(view.tool_names)})"
+        )
