@@ -211,6 +211,10 @@ def run_demo(directory: Path, live: bool) -> DemoResult | str:
     result = DemoResult(repo=repo, live=live)
 
     _say(f"creating the demo research repo in {repo}")
+    # A repository of its own even when the demo directory lies inside another one (a clone of
+    # this project): the agent commits there and the broker snapshots it.
+    repo.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
     init_workspace(repo, tool="claude", force=False)
     mounts = job_mounts()
     _configure_jobs(repo, mounts)

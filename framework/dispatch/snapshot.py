@@ -103,7 +103,11 @@ def _checked(proc: subprocess.CompletedProcess[bytes], what: str) -> bytes:
 
 
 def is_git_workspace(workspace: Path) -> bool:
-    return (workspace / ".git").exists()
+    """The workspace is the top of a git repository of its own (``.git/HEAD`` exists). Not so for
+    a directory inside another repository, nor for one where a sandbox has only created mount
+    points under ``.git/`` (the read-only ``.git/hooks``): git would find the enclosing repository
+    there, and its jobs run from the live workspace instead of a snapshot."""
+    return (workspace / ".git" / "HEAD").is_file()
 
 
 def take_snapshot(workspace: Path, store: Path) -> Snapshot:

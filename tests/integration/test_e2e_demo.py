@@ -49,7 +49,11 @@ class Demo:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     require_bwrap()
     require_binary("claude", "agent CLIs (Claude Code)")
-    root = tmp_path_factory.mktemp("demo")
+    # As with `make demo` in a clone of this project: the demo directory lies inside another
+    # git repository, and the demo repo must still be a repository of its own.
+    outer = tmp_path_factory.mktemp("clone")
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    root = outer / "demo-output"
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(root / "unused"))

@@ -157,3 +157,17 @@ def test_ignored_dir_swapped_for_a_symlink_after_submit_is_refused(
     (workspace / "data").symlink_to(Path.home())
     with pytest.raises(JobSandboxError, match="symbolic link"):
         wrap_in_sandbox(["true"], {}, {"run_dir": str(tmp_path), "sandbox": plan})
+
+
+def test_only_the_top_of_its_own_repository_counts_as_a_git_workspace(
+    workspace: Path, tmp_path: Path
+) -> None:
+    from framework.dispatch.snapshot import is_git_workspace
+
+    assert is_git_workspace(workspace)
+    # Inside another repository, with only the mount point a sandbox creates for .git/hooks: git
+    # would find the enclosing repository, so this is not a workspace to snapshot.
+    inner = workspace / "inner"
+    (inner / ".git" / "hooks").mkdir(parents=True)
+    assert not is_git_workspace(inner)
+    assert not is_git_workspace(tmp_path)
