@@ -3,6 +3,8 @@
 Each backend (``sqlite.py``, ``postgres.py``) supplies a DB-API connection, its schema and how it
 takes the ledger's write lock; everything else (chaining, folding, queries, verification) lives
 here once. SQL is written with ``?`` placeholders; backends with another paramstyle translate.
+A backend may acknowledge appends before its tables hold them (SQLite writes them to a tail file
+first): it overrides ``_write_group``, and ``_catch_up``, which every read calls first.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class NewEvent(NamedTuple):
 
 _Prepared = tuple[EventKind, str | None, str | None, dict[str, Any]]
 _KIND_TEXT: dict[EventKind, str] = {kind: str(kind.value) for kind in EventKind}
-_KINDS: dict[str, EventKind] = {text: kind for kind, text in _KIND_TEXT.items()}
+KINDS: dict[str, EventKind] = {text: kind for kind, text in _KIND_TEXT.items()}
 
 
 class ChainHelper(Protocol):
@@ -81,6 +83,75 @@ class _Request:
 
     def wake(self) -> None:
         self._signal.release()
+
+
+class Entry(NamedTuple):
+    """A chained event on its way into the tables (its body is what is hashed)."""
+
+    seq: int
+    body: bytes
+    digest: str
+    ts: str
+    kind: EventKind
+    run_id: str | None
+    session_id: str | None
+    payload: dict[str, Any]
+
+
+def _run_ids(entries: Iterable[Entry]) -> Iterator[str]:
+    return (e.run_id for e in entries if e.run_id is not None and e.kind in RUN_EVENT_KINDS)
+
+
+def _submitted_ids(group: list[_Request]) -> set[str]:
+    return {
+        run_id
+        for request in group
+        for kind, run_id, _, _ in request.prepared
+        if run_id is not None and kind is EventKind.run_submitted
+    }
+
+
+def _chain(
+    prepared: list[_Prepared],
+    seq: int,
+    prev: str,
+    ts: str,
+    moment: datetime,
+    known: set[str],
+) -> tuple[list[Entry], list[LedgerEvent], set[str]]:
+    """Number and hash one request's events after (seq, prev): its entries, the events to return
+    and the runs they are about. Refuses the request if it submits a run in ``known`` or one it
+    already has events of.
+    The hot loop of appends: names are bound locally and the body is encoded inline (same bytes
+    as :func:`canonical_body`)."""
+    encode, sha256, written = _ENCODER.encode, hashlib.sha256, LedgerEvent.written
+    entries: list[Entry] = []
+    events: list[LedgerEvent] = []
+    runs: set[str] = set()
+    for kind, run_id, session_id, payload in prepared:
+        if run_id is not None and kind in RUN_EVENT_KINDS:
+            if kind is EventKind.run_submitted and (run_id in known or run_id in runs):
+                raise LedgerError(
+                    f"run {run_id!r} is already in the ledger; a run is submitted once (use a new run id)"
+                )
+            runs.add(run_id)
+        seq += 1
+        body = encode(
+            {
+                "seq": seq,
+                "ts": ts,
+                "kind": _KIND_TEXT[kind],
+                "run_id": run_id,
+                "session_id": session_id,
+                "payload": payload,
+                "prev_hash": prev,
+            }
+        )
+        digest = sha256(body).hexdigest()
+        entries.append(Entry(seq, body, digest, ts, kind, run_id, session_id, payload))
+        events.append(written(seq, moment, kind, run_id, session_id, payload, prev, digest))
+        prev = digest
+    return entries, events, runs
 
 
 class _Envelope(msgspec.Struct):
@@ -215,7 +286,8 @@ class Ledger(ABC):
     ) -> LedgerEvent:
         """Append one event; it is durable when this returns (see the backend for how durable).
         Threads appending at the same time share one commit (group commit)."""
-        return self.append_many([NewEvent(kind, run_id, session_id, payload or {})])[0]
+        prepared = self._prepare(NewEvent(kind, run_id, session_id, payload or {}))
+        return self._commit_in_turn(_Request([prepared]))[0]
 
     def append_many(self, items: Iterable[NewEvent | tuple[Any, ...]]) -> list[LedgerEvent]:
         """Append events atomically: all of them or none, durable when this returns.
@@ -262,7 +334,7 @@ class Ledger(ABC):
     @staticmethod
     def _prepare(item: NewEvent) -> _Prepared:
         try:
-            kind = _KINDS[item.kind]
+            kind = KINDS[item.kind]
         except (KeyError, TypeError):
             known = ", ".join(k.value for k in EventKind)
             raise LedgerError(
@@ -281,16 +353,10 @@ class Ledger(ABC):
         return kind, item.run_id, item.session_id, validate_payload(kind, item.payload)
 
     def _commit_group(self, group: list[_Request]) -> None:
-        """Write the queued requests in one transaction; each gets its events or its error.
-        A request refused on its own (a run submitted twice) is left out; the others commit."""
+        """Write the queued requests at once; each gets its events or its error. A request refused
+        on its own (a run submitted twice) is left out; the others are written."""
         try:
-            try:
-                self._begin_write()
-                self._write(group)
-                self._commit()
-            except BaseException:
-                self._rollback()
-                raise
+            self._write_group(group)
         except Exception as exc:
             for request in group:
                 request.error = exc
@@ -304,106 +370,104 @@ class Ledger(ABC):
             for request in group:
                 request.done = True
 
-    def _write(self, group: list[_Request]) -> None:
-        row = self._execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
-        seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
-        ts = utc_iso(datetime.now(UTC))
-        moment = datetime.fromisoformat(ts)
-        runs = self._load_docs(
-            {
-                run_id
-                for request in group
-                for kind, run_id, _, _ in request.prepared
-                if run_id and kind in RUN_EVENT_KINDS
-            }
-        )
-        event_rows: list[tuple[Any, ...]] = []
-        changed: dict[str, dict[str, Any]] = {}
+    def _write_group(self, group: list[_Request]) -> None:
+        """Chain the requests onto the head and write them in one transaction of the database.
+        A backend that acknowledges events before its tables hold them overrides this."""
+        try:
+            self._begin_write()
+            seq, prev = self._read_head()
+            chained = self._chain_group(group, seq, prev, self._known_runs(_submitted_ids(group)))
+            if chained:
+                self._store([entry for entries in chained for entry in entries])
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _catch_up(self) -> None:  # noqa: B027 - a hook; most backends have nothing to do
+        """Bring the tables up to date with every acknowledged event, before they are read. Here
+        they always are; see ``SqliteLedger``."""
+
+    def _chain_group(
+        self, group: list[_Request], seq: int, prev: str, known: set[str]
+    ) -> list[list[Entry]]:
+        """Number and hash each request's events after (seq, prev), request after request; each
+        request gets its events, or its error if it submits a run in ``known`` (runs that already
+        have events; the runs chained here are added to it). Returns the entries of each request
+        that was not refused."""
+        moment = datetime.now(UTC)
+        ts = moment.isoformat(timespec="microseconds")  # what utc_iso gives for a UTC time
+        chained: list[list[Entry]] = []
         for request in group:
             try:
-                rows, events, folded = self._chain(request.prepared, seq, prev, ts, moment, runs)
+                entries, events, runs = _chain(request.prepared, seq, prev, ts, moment, known)
             except LedgerError as exc:
                 request.error = exc  # refused on its own: the rest of the group goes on
                 continue
-            seq, prev = events[-1].seq, events[-1].hash
-            event_rows.extend(rows)
-            runs.update(folded)
-            changed.update(folded)
+            seq, prev = entries[-1].seq, entries[-1].digest
+            known |= runs
             request.events = events
-        if not event_rows:
-            return
+            chained.append(entries)
+        return chained
+
+    def _known_runs(self, run_ids: set[str]) -> set[str]:
+        """Those of ``run_ids`` that the run-state table has."""
+        if len(run_ids) == 1:  # one submission per append: the common case, kept cheap
+            (run_id,) = run_ids
+            row = self._execute("SELECT 1 FROM ledger_runs WHERE run_id = ?", (run_id,)).fetchone()
+            return run_ids if row else set()
+        known: set[str] = set()
+        ordered = sorted(run_ids)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            known.update(
+                row[0]
+                for row in self._execute(
+                    f"SELECT run_id FROM ledger_runs WHERE run_id IN ({marks})", chunk
+                ).fetchall()
+            )
+        return known
+
+    def _store(self, entries: list[Entry]) -> None:
+        """Insert chained events, fold them into the run states and move the head, inside the
+        caller's transaction."""
         cur = self._conn.cursor()
-        cur.executemany(
-            self._sql(
-                "INSERT INTO ledger_events (seq, body, hash, ts, kind, run_id, session_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)"
-                if self._stores_index_columns
-                else "INSERT INTO ledger_events (seq, body, hash) VALUES (?, ?, ?)"
-            ),
-            event_rows,
-        )
+        if self._stores_index_columns:
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO ledger_events (seq, body, hash, ts, kind, run_id, session_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
+                [
+                    (e.seq, e.body, e.digest, e.ts, _KIND_TEXT[e.kind], e.run_id, e.session_id)
+                    for e in entries
+                ],
+            )
+        else:
+            cur.executemany(
+                self._sql("INSERT INTO ledger_events (seq, body, hash) VALUES (?, ?, ?)"),
+                [(e.seq, e.body, e.digest) for e in entries],
+            )
+        runs = self._load_docs(set(_run_ids(entries)))
+        changed: dict[str, dict[str, Any]] = {}
+        for e in entries:
+            if e.run_id is not None and e.kind in RUN_EVENT_KINDS:
+                changed[e.run_id] = runs[e.run_id] = fold_run(
+                    runs[e.run_id],
+                    seq=e.seq,
+                    ts=e.ts,
+                    kind=e.kind,
+                    run_id=e.run_id,
+                    session_id=e.session_id,
+                    payload=e.payload,
+                )
         self._store_runs(changed)
         self._execute(
             "INSERT INTO ledger_head (id, seq, hash) VALUES (1, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (seq, prev),
+            (entries[-1].seq, entries[-1].digest),
         )
-
-    def _chain(
-        self,
-        prepared: list[_Prepared],
-        seq: int,
-        prev: str,
-        ts: str,
-        moment: datetime,
-        runs: dict[str, dict[str, Any] | None],
-    ) -> tuple[list[tuple[Any, ...]], list[LedgerEvent], dict[str, dict[str, Any]]]:
-        """Number, hash and fold one request's events after (seq, prev): the rows to insert, the
-        events to return and the run states they produce. The hot loop of appends: names are
-        bound locally and the body is encoded inline (same bytes as :func:`canonical_body`)."""
-        encode, sha256, written = _ENCODER.encode, hashlib.sha256, LedgerEvent.written
-        full_rows = self._stores_index_columns
-        rows: list[tuple[Any, ...]] = []
-        events: list[LedgerEvent] = []
-        folded: dict[str, dict[str, Any]] = {}
-        for kind, run_id, session_id, payload in prepared:
-            seq += 1
-            kind_text = _KIND_TEXT[kind]
-            body = encode(
-                {
-                    "seq": seq,
-                    "ts": ts,
-                    "kind": kind_text,
-                    "run_id": run_id,
-                    "session_id": session_id,
-                    "payload": payload,
-                    "prev_hash": prev,
-                }
-            )
-            digest = sha256(body).hexdigest()
-            rows.append(
-                (seq, body, digest, ts, kind_text, run_id, session_id)
-                if full_rows
-                else (seq, body, digest)
-            )
-            events.append(written(seq, moment, kind, run_id, session_id, payload, prev, digest))
-            prev = digest
-            if run_id is not None and kind in RUN_EVENT_KINDS:
-                doc = folded[run_id] if run_id in folded else runs[run_id]
-                if kind is EventKind.run_submitted and doc is not None:
-                    raise LedgerError(
-                        f"run {run_id!r} is already in the ledger; a run is submitted once (use a new run id)"
-                    )
-                folded[run_id] = fold_run(
-                    doc,
-                    seq=seq,
-                    ts=ts,
-                    kind=kind,
-                    run_id=run_id,
-                    session_id=session_id,
-                    payload=payload,
-                )
-        return rows, events, folded
 
     def _load_docs(self, run_ids: set[str]) -> dict[str, dict[str, Any] | None]:
         """Current state of the given runs (None: not in the ledger yet), in few round trips."""
@@ -463,6 +527,7 @@ class Ledger(ABC):
         """(seq, hash) of the latest event; (0, GENESIS_HASH) when empty. Keep it elsewhere to
         prove later that no events were cut from the end."""
         with self._lock:
+            self._catch_up()
             return self._read_head()
 
     def _read_head(self) -> tuple[int, str]:
@@ -490,6 +555,7 @@ class Ledger(ABC):
             statement += " LIMIT ?"
             params.append(limit)
         with self._lock:
+            self._catch_up()
             rows = self._execute(statement, params).fetchall()
         return [_event_from_row(_as_bytes(body), str(digest)) for body, digest in rows]
 
@@ -548,12 +614,14 @@ class Ledger(ABC):
             statement += " LIMIT ?"
             params.append(limit)
         with self._lock:
+            self._catch_up()
             rows = self._execute(statement, params).fetchall()
         return [RunState.model_validate_json(_text(row[0])) for row in reversed(rows)]
 
     def run(self, run_id: str) -> RunState:
         """One run's current state; raises :class:`LedgerError` if the ledger has no such run."""
         with self._lock:
+            self._catch_up()
             row = self._execute(
                 "SELECT doc FROM ledger_runs WHERE run_id = ?", (run_id,)
             ).fetchone()
@@ -575,15 +643,20 @@ class Ledger(ABC):
         does the exact pass decode every event to name each problem."""
         started = time.perf_counter()
         with self._lock:
+            problems: list[VerifyProblem] = []
+            try:
+                self._catch_up()
+            except LedgerError as exc:  # events the tables do not have yet are damaged
+                problems.append(VerifyProblem(seq=None, problem=str(exc)))
             self._begin_snapshot()
             try:
                 columns = self._start_columns_check()
                 chain = self._chain_intact()
                 if chain is not None and columns() and chain[1:] == self._read_head():
                     count, last_seq, last_hash = chain
-                    problems: list[VerifyProblem] = []
                 else:
-                    count, last_seq, last_hash, problems = self._exact_verify(self._read_head())
+                    count, last_seq, last_hash, found = self._exact_verify(self._read_head())
+                    problems[:0] = found
             finally:
                 self._rollback()
         return VerifyReport(

@@ -1,0 +1,204 @@
+"""The tail file of an SQLite ledger: acknowledged events not yet folded into its tables.
+
+An append writes its events' bodies to this file with one ``write()`` under an exclusive
+``flock`` and returns; a commit of SQLite costs several times more than the whole append, so the
+tables take the events later, many per transaction (see ``SqliteLedger._fold``). The format:
+
+    ledger-tail after 00000000000000001234 <hash of event 1234>\\n\\n     header: where it continues
+    <body of event 1235>\\n<body of event 1236>\\n\\n                    one append (any number of events)
+    <body of event 1237>\\n\\n                                          the next append
+    ...
+
+Bodies are the canonical JSON that is hashed (no raw newline can occur in one), so each line is one
+event and an empty line closes each append. Only bytes up to the last ``\\n\\n`` count: an append
+cut short by a killed writer (it was never acknowledged) leaves bytes after it, which the next
+holder of the lock cuts off, so a batch is in the file whole or not at all. The header names the
+head the tail continues from, so its first event is checked against the database's head.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from framework.ledger.models import RUN_EVENT_KINDS, LedgerError
+from framework.ledger.store import KINDS, Entry
+
+_HEADER_PREFIX = b"ledger-tail after "
+HEADER_SIZE = len(_HEADER_PREFIX) + 20 + 1 + 64 + 2
+_END = b"\n\n"
+
+
+class _Stored(msgspec.Struct):
+    """An event body as the tail holds it."""
+
+    seq: int
+    ts: str
+    kind: str
+    run_id: str | None
+    session_id: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+
+
+_STORED = msgspec.json.Decoder(_Stored)
+
+
+def header(seq: int, digest: str) -> bytes:
+    return b"%s%020d %s\n\n" % (_HEADER_PREFIX, seq, digest.encode())
+
+
+def parse_header(data: bytes) -> tuple[int, str] | None:
+    if len(data) < HEADER_SIZE or not data.startswith(_HEADER_PREFIX) or data[-2:] != _END:
+        return None
+    seq, _, digest = data[len(_HEADER_PREFIX) : -2].partition(b" ")
+    if not seq.isdigit() or len(digest) != 64:
+        return None
+    return int(seq), digest.decode()
+
+
+class Tail:
+    """One open tail file. Not thread-safe: the ledger calls it under its own lock. Every method
+    but :meth:`may_hold_events` must be called inside :meth:`locked`."""
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise LedgerError(f"cannot open the ledger's tail file {path}: {exc}") from None
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop what this process knows of the file; the next :meth:`sync` reads it again."""
+        self._header: bytes | None = None  # as read from the file; None: the file is empty
+        self._end = 0  # bytes of whole appends seen so far
+        self.head: tuple[int, str] = (0, "")  # (seq, hash) of the last event in the ledger
+        self.after: tuple[int, str] = (0, "")  # the head the tail continues from
+        self.run_ids: set[str] = set()  # runs known to have events (all those in the tail)
+        self.entries: list[Entry] = []  # the events in the tail, in order
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The ledger's write lock, shared with every process that opens the same ledger (it is
+        released by the kernel if the holder dies)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def may_hold_events(self) -> bool:
+        """False only if the tail holds no event (safe without the lock: see docs/ledger.md)."""
+        return os.fstat(self._fd).st_size > HEADER_SIZE
+
+    def sync(self, database_head: Callable[[], tuple[int, str]]) -> None:
+        """Bring :attr:`head`, :attr:`run_ids` and :attr:`events` up to date with the file,
+        reading only what other processes appended since this one last looked. Cuts off the
+        remains of an append whose writer died. ``database_head`` is asked when the tail is empty."""
+        size = os.fstat(self._fd).st_size
+        if (
+            self._header is None
+            or size < self._end
+            or os.pread(self._fd, HEADER_SIZE, 0) != self._header
+        ):
+            self._forget()  # empty, or folded (and maybe refilled) by another process
+            if size == 0:
+                self.head = self.after = database_head()
+                return
+            first = os.pread(self._fd, HEADER_SIZE, 0)
+            after = parse_header(first)
+            if after is None:
+                if size < HEADER_SIZE:  # the first append's writer died while writing the header
+                    os.ftruncate(self._fd, 0)
+                    self.head = self.after = database_head()
+                    return
+                raise LedgerError(
+                    f"the ledger's tail file {self.path} does not start with its header "
+                    "(it was edited); the events in it cannot be trusted"
+                )
+            self._header, self._end = first, HEADER_SIZE
+            self.head = self.after = after
+        if size > self._end:
+            new = os.pread(self._fd, size - self._end, self._end)
+            whole = new.rfind(_END) + len(_END) if _END in new else 0
+            if whole < len(new):
+                os.ftruncate(self._fd, self._end + whole)  # an append whose writer died mid-write
+            self._take(new[:whole])
+            self._end += whole
+        if not self.entries:  # a header alone (its events were cut off): start afresh
+            os.ftruncate(self._fd, 0)
+            self._forget()
+            self.head = self.after = database_head()
+
+    def _take(self, appended: bytes) -> None:
+        """Follow the chain through events other processes appended."""
+        seq, digest = self.head
+        for line in appended.split(b"\n"):
+            if not line:
+                continue
+            try:
+                event = _STORED.decode(line)
+                kind = KINDS[event.kind]
+            except (msgspec.DecodeError, KeyError):
+                event = None
+            if event is None or event.seq != seq + 1 or event.prev_hash != digest:
+                raise LedgerError(
+                    f"the ledger's tail file {self.path} is damaged after seq {seq} (an event "
+                    "there was edited, removed or reordered); run `agentic-researcher ledger verify`"
+                )
+            seq, digest = event.seq, hashlib.sha256(line).hexdigest()
+            entry = Entry(
+                seq, line, digest, event.ts, kind, event.run_id, event.session_id, event.payload
+            )
+            if entry.run_id is not None and kind in RUN_EVENT_KINDS:
+                self.run_ids.add(entry.run_id)
+            self.entries.append(entry)
+        self.head = (seq, digest)
+
+    def append(self, appends: list[list[Entry]], run_ids: set[str]) -> None:
+        """Write whole appends in one ``write()``, which must succeed whole; then fsync it if
+        this ledger asks for that."""
+        data = b"".join([b"\n".join([e.body for e in entries]) + _END for entries in appends])
+        if self._header is None:
+            self._header = header(*self.head)
+            data = self._header + data
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"wrote {written} of {len(data)} bytes")
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError as exc:
+            os.ftruncate(self._fd, self._end)
+            if self._end == 0:
+                self._header = None
+            raise LedgerError(
+                f"cannot write to the ledger's tail file {self.path}: {exc}; nothing was appended"
+            ) from None
+        self._end += len(data)
+        for entries in appends:
+            self.entries.extend(entries)
+        last = self.entries[-1]
+        self.head = (last.seq, last.digest)
+        self.run_ids |= run_ids
+
+    @property
+    def size(self) -> int:
+        return self._end
+
+    def clear(self) -> None:
+        """Empty the file once its events are in the tables (and synced to disk)."""
+        os.ftruncate(self._fd, 0)
+        self._forget()

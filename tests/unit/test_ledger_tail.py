@@ -1,0 +1,185 @@
+"""The SQLite ledger's tail file: appends are acknowledged once written there, every reader sees
+them, a write cut short by a killed writer is dropped whole, damage is reported by verify, and the
+fold into the tables happens once per event whatever dies when."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from framework.ledger import Ledger, LedgerError, NewEvent, open_ledger
+from framework.ledger import sqlite as sqlite_backend
+from framework.ledger import tail as tail_module
+from framework.ledger.sqlite import tail_path
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/ledger.sqlite"
+
+
+@pytest.fixture
+def ledger(url: str) -> Iterator[Ledger]:
+    with open_ledger(url) as opened:
+        yield opened
+
+
+def table_seqs(url: str) -> list[int]:
+    conn = sqlite3.connect(url.removeprefix("sqlite://"))
+    try:
+        return [row[0] for row in conn.execute("SELECT seq FROM ledger_events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def tail_bytes(url: str) -> bytes:
+    return tail_path(Path(url.removeprefix("sqlite://"))).read_bytes()
+
+
+def submit(ledger: Ledger, run_id: str) -> None:
+    ledger.append("run_submitted", run_id=run_id, payload={"experiment": "tail"})
+
+
+def test_an_acknowledged_append_is_in_the_tail_file_before_any_table(
+    ledger: Ledger, url: str
+) -> None:
+    event = ledger.append("run_submitted", run_id="r1", payload={"experiment": "tail"})
+    assert table_seqs(url) == []
+    assert event.hash.encode() not in tail_bytes(url)  # the body is stored, its hash recomputed
+    assert b'"run_id":"r1"' in tail_bytes(url)
+
+
+def test_another_ledger_on_the_same_file_reads_events_still_in_the_tail(
+    ledger: Ledger, url: str
+) -> None:
+    submit(ledger, "r1")
+    ledger.append("run_finished", run_id="r1", payload={"exit_code": 0})
+    with open_ledger(url) as reader:
+        assert reader.run("r1").state == "finished"
+        assert [e.seq for e in reader.events()] == [1, 2]
+        assert reader.head() == ledger.head()
+    assert table_seqs(url) == [1, 2]  # the reader folded them
+
+
+def test_writers_on_separate_descriptors_chain_onto_each_others_events_across_folds(
+    ledger: Ledger, url: str
+) -> None:
+    """Each open ledger has its own descriptor and lock, as separate processes do. Another one
+    folding the tail and refilling it to the very size this one last saw must not make this one
+    chain onto a stale head."""
+    with open_ledger(url) as other:
+        submit(ledger, "a1")
+        size = len(tail_bytes(url))
+        other.head()  # folds the tail...
+        submit(other, "b1")  # ...and refills it with an event of the same size
+        assert len(tail_bytes(url)) == size
+        submit(ledger, "a2")
+        with pytest.raises(LedgerError, match="already in the ledger"):
+            submit(other, "a2")  # only in the tail, written through the other descriptor
+        with pytest.raises(LedgerError, match="already in the ledger"):
+            submit(ledger, "a1")  # only in the tables
+    report = ledger.verify()
+    assert report.ok, report.problems
+    assert report.events == 3
+    assert [r.run_id for r in ledger.runs()] == ["a1", "b1", "a2"]
+
+
+def test_an_append_cut_short_by_a_killed_writer_is_dropped_whole(ledger: Ledger, url: str) -> None:
+    submit(ledger, "r1")
+    path = tail_path(Path(url.removeprefix("sqlite://")))
+    before = path.read_bytes()
+    ledger.append_many([NewEvent("run_submitted", f"cut{i}", None, {}) for i in range(2)])
+    written = path.read_bytes()
+    # What a writer killed while writing that batch may leave: its first event, whole.
+    path.write_bytes(written[: written.index(b"\n", len(before)) + 1])
+    with open_ledger(url) as reader:
+        assert [e.run_id for e in reader.events()] == ["r1"]
+        assert reader.append("run_submitted", run_id="cut0", payload={}).seq == 2
+        assert reader.verify().ok
+
+
+def test_a_header_cut_short_by_a_killed_writer_is_dropped(url: str) -> None:
+    with open_ledger(url) as ledger:
+        submit(ledger, "r1")
+    path = tail_path(Path(url.removeprefix("sqlite://")))
+    path.write_bytes(b"ledger-tail after 0000")
+    with open_ledger(url) as ledger:
+        assert ledger.append("run_submitted", run_id="r2", payload={}).seq == 2
+        assert ledger.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda data: data.replace(b'"experiment":"tail"', b'"experiment":"fake"', 1), "damaged"),
+        (lambda data: data.replace(b'"seq":2', b'"seq":7', 1), "damaged"),
+        (lambda data: b"not a header" + data[12:], "does not start with its header"),
+    ],
+)
+def test_verify_reports_an_edited_tail_and_nothing_of_it_is_folded(
+    ledger: Ledger, url: str, edit: Callable[[bytes], bytes], message: str
+) -> None:
+    for i in range(3):
+        submit(ledger, f"r{i}")
+    path = tail_path(Path(url.removeprefix("sqlite://")))
+    path.write_bytes(edit(path.read_bytes()))
+    with open_ledger(url) as reader:
+        report = reader.verify()
+        assert not report.ok
+        assert any(message in p.problem for p in report.problems), report.problems
+        with pytest.raises(LedgerError, match=message):
+            reader.runs()
+    assert table_seqs(url) == []
+
+
+def test_a_fold_committed_by_a_process_that_died_before_emptying_the_tail_is_not_repeated(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_ledger(url) as ledger:
+        submit(ledger, "r1")
+        ledger.append("run_finished", run_id="r1", payload={"exit_code": 0})
+        # Die between the commit of the fold and the truncation of the tail.
+        monkeypatch.setattr(ledger._tail, "clear", lambda: None)  # type: ignore[attr-defined]
+        ledger.head()
+        monkeypatch.undo()
+        assert table_seqs(url) == [1, 2]
+        assert b'"run_finished"' in tail_bytes(url)
+    with open_ledger(url) as ledger:
+        assert ledger.append("run_submitted", run_id="r2", payload={}).seq == 3
+        assert [e.seq for e in ledger.events()] == [1, 2, 3]
+        assert ledger.run("r1").state == "finished"
+        assert ledger.verify().ok
+
+
+def test_the_tail_is_folded_into_the_tables_once_it_is_large(
+    ledger: Ledger, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "FOLD_AT_BYTES", 2_000)
+    for i in range(30):
+        submit(ledger, f"r{i}")
+    folded = table_seqs(url)
+    assert 0 < len(folded) < 30  # folded by appends, with no reader involved
+    assert folded == list(range(1, len(folded) + 1))
+    assert len(tail_bytes(url)) < 2_000 + 500
+
+
+def test_closing_folds_the_tail_so_the_database_file_alone_holds_every_event(url: str) -> None:
+    with open_ledger(url) as ledger:
+        submit(ledger, "r1")
+    assert table_seqs(url) == [1]
+    assert tail_bytes(url) == b""
+
+
+@pytest.mark.parametrize(("suffix", "fsyncs"), [("", 0), ("?sync=full", 3)])
+def test_sync_full_fsyncs_every_tail_write_and_normal_none(
+    url: str, suffix: str, fsyncs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(tail_module.os, "fdatasync", calls.append)
+    with open_ledger(url + suffix) as ledger:
+        for i in range(3):
+            submit(ledger, f"r{i}")
+        assert len(calls) == fsyncs
