@@ -17,6 +17,14 @@ PACKAGES=(
 if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
+# Gemini CLI 0.61.0 declares node >= 20 (engines); Debian 12's own nodejs is 18. The host's Node
+# is what the CLIs run on in the bubblewrap sandbox too (the image brings its own Node 22).
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+    echo "60-agent-clis: Node.js $(node --version) is too old for Gemini CLI (needs >= 20);" \
+        "install Node.js 20 or later (e.g. from NodeSource) and run this again" >&2
+    exit 1
+fi
 
 want="$(printf '%s\n' "${PACKAGES[@]}" | sha256sum | cut -d' ' -f1)"
 stamp="$PREFIX/.pinned-sha256"
@@ -38,5 +46,6 @@ if ! id -u "$RUN_USER" >/dev/null 2>&1; then
     useradd --create-home --shell /bin/bash "$RUN_USER"
 fi
 
-"$PREFIX/bin/claude" --version
-"$PREFIX/bin/codex" --version
+for bin in claude codex gemini opencode; do
+    echo "$bin $("$PREFIX/bin/$bin" --version)"
+done

@@ -1,5 +1,5 @@
-"""Gemini CLI (``@google/gemini-cli``): reads GEMINI.md, keeps state in ~/.gemini, saves chats as
-JSON under ~/.gemini/tmp/<project hash>/chats/."""
+"""Gemini CLI (``@google/gemini-cli``): reads GEMINI.md, keeps state in ~/.gemini, writes one JSONL
+chat per session under ~/.gemini/tmp/<project>/chats/ (older versions: one JSON file)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ class GeminiProfile(AgentProfile):
         if how.model:
             args += ["--model", how.model]
         if how.yolo:
-            args.append("--yolo")
+            # Gemini CLI ignores --yolo in a folder nobody marked trusted, and the trust list would
+            # live in the agent home; the sandbox, not that list, is the boundary here.
+            args += ["--yolo", "--skip-trust"]
         if how.resume:
             args += ["--resume", how.resume]
         elif how.continue_last:
@@ -28,6 +30,9 @@ PROFILE = GeminiProfile(
     package="@google/gemini-cli",
     instruction_files=("GEMINI.md",),
     state_paths=(".gemini",),
-    transcript_globs=(".gemini/tmp/*/chats/*.json", ".gemini/tmp/*/logs.json"),
+    transcript_globs=(
+        ".gemini/tmp/*/chats/session-*.jsonl",
+        ".gemini/tmp/*/chats/session-*.json",
+    ),
     api_key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"),
 )

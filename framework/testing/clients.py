@@ -70,18 +70,15 @@ def gemini_settings(model: str = "scripted-model") -> dict[str, Any]:
 def write_gemini_home(home: Path, url: str, model: str = "scripted-model") -> dict[str, str]:
     """Write ``home/.gemini/settings.json`` and return the variables Gemini CLI then needs.
 
-    ``GEMINI_CLI_TRUST_WORKSPACE`` keeps ``--yolo`` in force in a folder nobody marked trusted.
+    ``--yolo`` still needs ``--skip-trust`` (or ``GEMINI_CLI_TRUST_WORKSPACE=true``) in a folder
+    nobody marked trusted; the launcher's Gemini profile passes the flag.
     """
     settings_dir = home / ".gemini"
     settings_dir.mkdir(parents=True, exist_ok=True)
     (settings_dir / "settings.json").write_text(
         json.dumps(gemini_settings(model), indent=2) + "\n", encoding="utf-8"
     )
-    return {
-        "GEMINI_API_KEY": SCRIPTED_KEY,
-        "GOOGLE_GEMINI_BASE_URL": url,
-        "GEMINI_CLI_TRUST_WORKSPACE": "true",
-    }
+    return {"GEMINI_API_KEY": SCRIPTED_KEY, "GOOGLE_GEMINI_BASE_URL": url}
 
 
 def opencode_config(url: str, model: str = "scripted-model") -> dict[str, Any]:
@@ -118,6 +115,38 @@ def opencode_env(url: str, model: str = "scripted-model") -> dict[str, str]:
         "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
         "OPENCODE_DISABLE_SHARE": "1",
     }
+
+
+def write_opencode_home(home: Path, url: str, model: str = "scripted-model") -> dict[str, str]:
+    """Write :func:`opencode_config` as ``home/.config/opencode/opencode.json``; no variables needed
+    beyond the launcher's OpenCode profile, which keeps OpenCode off the network otherwise."""
+    config_dir = home / ".config" / "opencode"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "opencode.json").write_text(
+        json.dumps(opencode_config(url, model), indent=2) + "\n", encoding="utf-8"
+    )
+    return {}
+
+
+def sandboxed_agent_env(tool: str, home: Path, url: str) -> dict[str, str]:
+    """Point ``tool`` at the scripted server ``url`` for a launch whose agent home is ``home``.
+
+    Config files go into ``home`` (HOME inside the sandbox); the returned variables are for
+    ``LaunchRequest.extra_env``. Paths in them must be the sandbox's, so Codex gets no CODEX_HOME
+    here: its profile sets it.
+    """
+    if tool == "claude":
+        return claude_env(url)
+    if tool == "codex":
+        codex_home = home / ".codex"
+        codex_home.mkdir(parents=True, exist_ok=True)
+        (codex_home / "config.toml").write_text(codex_config(url), encoding="utf-8")
+        return {CODEX_KEY_ENV: SCRIPTED_KEY}
+    if tool == "gemini":
+        return write_gemini_home(home, url)
+    if tool == "opencode":
+        return write_opencode_home(home, url)
+    raise ValueError(f"no scripted-model setup for agent tool {tool!r}")
 
 
 def run_as(user: str | None, argv: list[str], env: dict[str, str]) -> list[str]:

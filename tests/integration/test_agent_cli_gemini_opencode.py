@@ -115,7 +115,15 @@ def test_gemini_cli_runs_a_scripted_session_and_reads_gemini_md(
     with ScriptedModelServer(load_script(SCRIPT)) as server:
         env = {"HOME": str(home), "PATH": BASE_PATH, **write_gemini_home(home, server.url)}
         _give_to(user, work, home)
-        argv = [gemini, "-p", "Run the experiment.", "--yolo", "--output-format", "json"]
+        argv = [
+            gemini,
+            "-p",
+            "Run the experiment.",
+            "--yolo",
+            "--skip-trust",
+            "--output-format",
+            "json",
+        ]
         stdout = _run(user, argv, env, work)
         server.check()
         requests = server.requests

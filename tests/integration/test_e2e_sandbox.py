@@ -1,13 +1,16 @@
-"""End to end: the real agent CLIs, launched by the launcher in bubblewrap with the broker, play a
-research loop against the scripted model. The agent dispatches its experiment with
-``remote-run --wait`` (to the local executor, or to the Slurm test cluster), and the workspace, git
-history, session record, copied transcript and ledger all show it.
+"""End to end: the real agent CLIs (Claude Code, Codex, Gemini CLI, OpenCode), launched by the
+launcher in bubblewrap or Docker with the broker, play a research loop against the scripted model.
+The agent dispatches its experiment with ``remote-run --wait`` (to the local executor, or to the
+Slurm test cluster), and the workspace, git history, session record, copied transcript (read back
+by the audit) and ledger all show it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from framework.audit.audit import resolve, run_audit
+from framework.audit.events import EventKind
 from framework.config import RuntimeName, load_settings
 from framework.init import init_workspace
 from framework.ledger import open_ledger
@@ -22,7 +27,7 @@ from framework.ledger.models import RunState
 from framework.sandbox.launch import LaunchRequest, launch
 from framework.sandbox.store import SessionRecord
 from framework.testing import anthropic
-from framework.testing.clients import CODEX_KEY_ENV, SCRIPTED_KEY, claude_env, codex_config
+from framework.testing.clients import sandboxed_agent_env
 from framework.testing.script import Script, parse_script
 from framework.testing.server import ScriptedModelServer
 from framework.workspace import Workspace
@@ -60,7 +65,7 @@ RESEARCH_LOOP = {
     "turns": [
         {
             "text": "Reading the methodology first.",
-            "actions": [{"bash": "head -n 5 CLAUDE.md AGENTS.md 2>/dev/null"}],
+            "actions": [{"bash": "head -n 5 CLAUDE.md AGENTS.md GEMINI.md 2>/dev/null"}],
         },
         {
             "expect": {"tool_result_contains": [METHODOLOGY_HEADING]},
@@ -104,6 +109,7 @@ def _agent_home(root: Path, tool: str) -> Path:
 
 
 RUNTIMES = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
+TOOLS = ["claude", "codex", "gemini", "opencode"]
 
 
 def _require_image_with(tool: str) -> None:
@@ -131,13 +137,7 @@ def _run(
         # In a container the agent runs as the workspace owner's uid, never root.
         subprocess.run(["chown", "-R", "1000:1000", str(root)], check=True)
     with ScriptedModelServer(script) as server:
-        if tool == "claude":
-            extra_env = claude_env(server.url)
-        else:
-            codex_home = _agent_home(root, tool) / ".codex"
-            codex_home.mkdir(parents=True, exist_ok=True)
-            (codex_home / "config.toml").write_text(codex_config(server.url))
-            extra_env = {CODEX_KEY_ENV: SCRIPTED_KEY}
+        extra_env = sandboxed_agent_env(tool, _agent_home(root, tool), server.url)
         request = LaunchRequest(
             workspace=root,
             tool=tool,  # type: ignore[arg-type]
@@ -198,14 +198,19 @@ def _assert_research_loop_recorded(
 
     assert record.tool == tool and record.runtime == runtime and record.headless
     assert record.tool_version and any(ch.isdigit() for ch in record.tool_version)
-    assert len(record.transcripts) == 1
+    # OpenCode keeps its sessions in SQLite: the database comes with the write-ahead log that
+    # holds the session until a checkpoint, without which the copy would be empty.
+    assert len(record.transcripts) == (2 if tool == "opencode" else 1), record.transcripts
     copied = workspace.sessions_dir / record.id / record.transcripts[0]
-    assert "remote-run --wait --name exp1" in copied.read_text()
+    report = run_audit(resolve(str(copied)), settings, root)
+    assert report.reader.corrupt_lines == 0 and report.reader.files == [str(copied)]
+    commands = [e.command for e in report.timeline if e.kind == EventKind.SHELL_COMMAND]
+    assert "remote-run --wait --name exp1 -- python3 jobs/exp1.py" in commands, commands
     return run
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("tool", ["claude", "codex"])
+@pytest.mark.parametrize("tool", TOOLS)
 def test_headless_session_dispatches_with_remote_run_and_everything_is_recorded(
     workspace: Path, tool: str, runtime: RuntimeName
 ) -> None:
@@ -249,18 +254,33 @@ def _slurm_accounting(job_id: str) -> str:
         time.sleep(0.5)
 
 
-def _agent_transcripts(root: Path, tool: str) -> list[Path]:
-    where = ".claude/projects" if tool == "claude" else ".codex/sessions"
-    return sorted((_agent_home(root, tool) / where).rglob("*.jsonl"))
+def _agent_conversations(root: Path, tool: str) -> list[tuple[str, str]]:
+    """The agent's own records in its home: (session id, everything one file or row holds for it).
 
-
-def _agent_session_id(transcript: Path) -> str:
-    """Claude Code names the file after its session; Codex ends its rollout file name with it."""
-    return transcript.stem[-36:]
+    Gemini CLI 0.61 may leave more than one file per session: a resume that starts in another
+    minute first opens a stub file named after that minute, then goes on in the original file.
+    """
+    home = _agent_home(root, tool)
+    if tool == "opencode":
+        database = home / ".local" / "share" / "opencode" / "opencode.db"
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT session_id, group_concat(data) FROM part GROUP BY session_id")
+            return [(session, text) for session, text in rows.fetchall()]
+    conversations = []
+    for path in sorted(home.rglob("*.jsonl")):
+        text = path.read_text()
+        if tool == "gemini":
+            # Gemini CLI's first record names the session; --resume takes that id.
+            session = json.loads(text.splitlines()[0])["sessionId"]
+        else:
+            # Claude Code names the file after its session; Codex ends its rollout file name with it.
+            session = path.stem[-36:]
+        conversations.append((session, text))
+    return conversations
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("tool", ["claude", "codex"])
+@pytest.mark.parametrize("tool", TOOLS)
 def test_resume_continues_the_same_agent_session(
     workspace: Path, tool: str, runtime: RuntimeName
 ) -> None:
@@ -277,19 +297,18 @@ def test_resume_continues_the_same_agent_session(
     )
     first, _ = _run(workspace, tool, script, "Do part one.", runtime)
     assert first.exit_code == 0, _session_output(workspace, first)
-    transcripts = _agent_transcripts(workspace, tool)
-    assert len(transcripts) == 1
-    agent_session = _agent_session_id(transcripts[0])
+    [agent_session] = {session for session, _ in _agent_conversations(workspace, tool)}
 
     second, server = _run(workspace, tool, script, "Now part two.", runtime, agent_session)
     assert second.exit_code == 0, _session_output(workspace, second)
     assert [r.turn for r in server.requests if r.kind == "main"] == [1]
-    after = _agent_transcripts(workspace, tool)
-    texts = [p.read_text() for p in after]
-    assert any("Part one is done." in t and "Part two is done." in t for t in texts), [
-        p.name for p in after
+    after = _agent_conversations(workspace, tool)
+    both_parts = [
+        session
+        for session, text in after
+        if "Part one is done." in text and "Part two is done." in text
     ]
-    assert agent_session in {_agent_session_id(p) for p in after}
+    assert both_parts == [agent_session], [session for session, _ in after]
 
 
 PROXY_REFUSAL = "Tunnel connection failed: 403 Forbidden"
@@ -343,8 +362,6 @@ def test_hostile_session_fails_inside_the_sandbox_and_the_audit_reports_it(
     net_request = next(r for r in server.requests if r.kind == "main" and r.turn == 3)
     net_output = "\n".join(anthropic.read_request(net_request.body).tool_results)
     assert PROXY_REFUSAL in net_output and "Example Domain" not in net_output, net_output
-
-    from framework.audit.audit import resolve, run_audit
 
     settings = load_settings(workspace=workspace).settings
     session_dir = Workspace(root=workspace, settings=settings).sessions_dir / record.id

@@ -35,21 +35,27 @@ def test_codex_uses_exec_for_headless_and_resume_subcommands() -> None:
     assert codex.environment(AgentInvocation())["CODEX_HOME"] == "/home/agent/.codex"
 
 
-def test_gemini_and_opencode_flags() -> None:
+def test_gemini_yolo_trusts_the_sandboxed_workspace_and_resumes_by_id() -> None:
     gemini = get_agent("gemini")
-    assert gemini.argv(AgentInvocation(prompt="go", yolo=True)) == [
-        "gemini", "--yolo", "--prompt", "go", "--output-format", "stream-json",
+    assert gemini.argv(AgentInvocation(prompt="go", yolo=True, resume="0d1e")) == [
+        "gemini", "--yolo", "--skip-trust", "--resume", "0d1e",
+        "--prompt", "go", "--output-format", "stream-json",
     ]  # fmt: skip
     assert gemini.argv(AgentInvocation(continue_last=True)) == ["gemini", "--resume", "latest"]
+
+
+def test_opencode_runs_headless_with_auto_approval_and_stays_offline() -> None:
     opencode = get_agent("opencode")
     assert opencode.argv(AgentInvocation(prompt="go", model="anthropic/x")) == [
         "opencode", "run", "--model", "anthropic/x", "--format", "json", "go",
     ]  # fmt: skip
-    permissions = json.loads(
-        opencode.environment(AgentInvocation(yolo=True))["OPENCODE_CONFIG_CONTENT"]
-    )
-    assert permissions["permission"]["bash"] == "allow"
-    assert "OPENCODE_CONFIG_CONTENT" not in opencode.environment(AgentInvocation())
+    assert opencode.argv(AgentInvocation(prompt="go", yolo=True, resume="ses_1")) == [
+        "opencode", "run", "--session", "ses_1", "--auto", "--format", "json", "go",
+    ]  # fmt: skip
+    env = opencode.environment(AgentInvocation(yolo=True))
+    for switch in ("AUTOUPDATE", "MODELS_FETCH", "DEFAULT_PLUGINS", "LSP_DOWNLOAD"):
+        assert env[f"OPENCODE_DISABLE_{switch}"] == "1"
+    assert "OPENCODE_CONFIG_CONTENT" not in env
 
 
 def test_extra_args_come_last_for_every_agent() -> None:
@@ -86,3 +92,23 @@ def test_every_agent_keeps_its_state_under_home_only() -> None:
         profile = get_agent(tool)
         for rel in (*profile.state_paths, *profile.transcript_globs):
             assert not rel.startswith(("/", "..")), f"{tool}: {rel} escapes HOME"
+
+
+def test_opencode_transcript_is_its_database_with_the_write_ahead_log(tmp_path: Path) -> None:
+    # OpenCode 1.18 leaves the session in opencode.db-wal at exit: the database alone is empty.
+    opencode = get_agent("opencode")
+    data = tmp_path / ".local" / "share" / "opencode"
+    data.mkdir(parents=True)
+    for name in ("opencode.db", "opencode.db-wal", "opencode.db-shm"):
+        (data / name).write_bytes(b"")
+    assert opencode.transcripts(tmp_path) == [data / "opencode.db", data / "opencode.db-wal"]
+
+
+def test_gemini_transcripts_are_its_chat_files_only(tmp_path: Path) -> None:
+    gemini = get_agent("gemini")
+    project = tmp_path / ".gemini" / "tmp" / "repo"
+    (project / "chats").mkdir(parents=True)
+    chat = project / "chats" / "session-2026-11-23T12-34-551bb134.jsonl"
+    chat.write_text("{}\n")
+    (project / "logs.json").write_text("[]\n")
+    assert gemini.transcripts(tmp_path) == [chat]
