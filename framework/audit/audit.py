@@ -144,18 +144,16 @@ def run_audit(
     head: list[Event] = []
     tail: deque[Event] = deque(maxlen=TIMELINE_TAIL)
     index = 0
-    formats = iter(source.formats)
-    for file in source.files:
-        reader = READERS[next(formats)]
-        for event in reader.events(file, state):
+    check, summarize, keep = checker.observe, summary.observe, head.append
+    for file, fmt in zip(source.files, source.formats, strict=True):
+        for event in READERS[fmt].events(file, state):
             event.index = index
             index += 1
-            checker.observe(event)
-            summary.observe(event)
-            if index <= TIMELINE_HEAD:
-                head.append(event)
-            else:
-                tail.append(event)
+            check(event)
+            summarize(event)
+            keep(event)
+            if index == TIMELINE_HEAD:
+                keep = tail.append
     state.events = index
     state.format = "+".join(sorted(set(source.formats)))
     stats = state.freeze()

@@ -3,7 +3,9 @@
 Two shapes of one model: :class:`Event` is a msgspec Struct that readers create for every record
 (cheap, so a gigabyte of transcript streams at hundreds of MB/s), and :class:`EventRecord` is its
 pydantic twin, built only for the events a report shows (findings, timeline). Both carry the same
-fields; :meth:`EventRecord.of` converts.
+fields; :meth:`EventRecord.of` converts. Events, like the Structs readers decode records into, are
+not tracked by the garbage collector (``gc=False``): they hold only strings, numbers and lists of
+those, so they cannot form a reference cycle, and a long session creates millions of them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class EventKind(StrEnum):
     ERROR = "error"
 
 
-class Event(msgspec.Struct, kw_only=True):
+class Event(msgspec.Struct, kw_only=True, gc=False):
     """One thing that happened in a session, normalized across agent CLIs.
 
     A tool call is ``SHELL_COMMAND`` when it runs a command line, ``FILE_EDIT`` when it writes,

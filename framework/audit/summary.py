@@ -13,6 +13,13 @@ from pydantic import BaseModel, Field
 from framework.audit.events import Event, EventKind
 
 MAX_COMMANDS = 500
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 class ModelUsage(BaseModel):
@@ -72,30 +79,36 @@ def price_for(model: str) -> dict[str, float] | None:
 
 
 class SummaryBuilder:
-    """Accumulates the summary while events stream by; memory is bounded (commands are capped)."""
+    """Accumulates the summary while events stream by, in plain Python values (the pydantic models
+    are built once, in :meth:`build`); memory is bounded (commands and files are capped)."""
 
     def __init__(self) -> None:
-        self.kinds: Counter[str] = Counter()
-        self.tools: Counter[str] = Counter()
-        self.files: dict[str, FileChange] = {}
+        self.kinds: dict[str, int] = {}
+        self.tools: dict[str, int] = {}
+        self.files: dict[str, tuple[list[str], list[int]]] = {}
+        """path -> (ops, [count, first event])"""
         self.commands: list[str] = []
         self.commands_total = 0
         self.commands_failed = 0
-        self.usage: dict[str, ModelUsage] = {}
+        self.usage: dict[str, list[int]] = {}
+        """model -> [input, output, cache read, cache write, reasoning] tokens"""
         self.started: float | None = None
         self.ended: float | None = None
         self.shell_ids: set[str] = set()
 
     def observe(self, event: Event) -> None:
         kind = event.kind
-        self.kinds[kind] += 1
-        if event.ts is not None:
-            if self.started is None or event.ts < self.started:
-                self.started = event.ts
-            if self.ended is None or event.ts > self.ended:
-                self.ended = event.ts
-        if event.tool:
-            self.tools[event.tool] += 1
+        kinds = self.kinds
+        kinds[kind] = kinds.get(kind, 0) + 1
+        ts = event.ts
+        if ts is not None:
+            if self.started is None or ts < self.started:
+                self.started = ts
+            if self.ended is None or ts > self.ended:
+                self.ended = ts
+        tool = event.tool
+        if tool:
+            self.tools[tool] = self.tools.get(tool, 0) + 1
         if kind is EventKind.SHELL_COMMAND:
             self.commands_total += 1
             if len(self.commands) < MAX_COMMANDS and event.command:
@@ -109,54 +122,59 @@ class SummaryBuilder:
             change = self.files.get(event.path)
             if change is None:
                 if len(self.files) < 10_000:
-                    self.files[event.path] = FileChange(
-                        path=event.path, ops=[event.op or "edit"], count=1, first_event=event.index
-                    )
+                    self.files[event.path] = ([event.op or "edit"], [1, event.index])
             else:
-                change.count += 1
-                if event.op and event.op not in change.ops:
-                    change.ops.append(event.op)
+                ops, counts = change
+                counts[0] += 1
+                if event.op and event.op not in ops:
+                    ops.append(event.op)
         elif kind is EventKind.TOKEN_USAGE:
             name = event.model or "(unknown model)"
             usage = self.usage.get(name)
             if usage is None:
-                usage = self.usage[name] = ModelUsage(model=name)
-            usage.input_tokens += event.input_tokens
-            usage.output_tokens += event.output_tokens
-            usage.cache_read_tokens += event.cache_read_tokens
-            usage.cache_write_tokens += event.cache_write_tokens
-            usage.reasoning_tokens += event.reasoning_tokens
+                usage = self.usage[name] = [0, 0, 0, 0, 0]
+            usage[0] += event.input_tokens
+            usage[1] += event.output_tokens
+            usage[2] += event.cache_read_tokens
+            usage[3] += event.cache_write_tokens
+            usage[4] += event.reasoning_tokens
 
     def build(self) -> Summary:
         total: float | None = None
-        for usage in self.usage.values():
-            prices = price_for(usage.model)
-            if prices is None:
-                continue
-            usage.cost_usd = round(
-                (
-                    usage.input_tokens * prices["input"]
-                    + usage.output_tokens * prices["output"]
-                    + usage.cache_read_tokens * prices["cache_read"]
-                    + usage.cache_write_tokens * prices["cache_write"]
+        models = []
+        for name in sorted(self.usage):
+            usage = ModelUsage(model=name, **dict(zip(TOKEN_FIELDS, self.usage[name], strict=True)))
+            prices = price_for(name)
+            if prices is not None:
+                usage.cost_usd = round(
+                    (
+                        usage.input_tokens * prices["input"]
+                        + usage.output_tokens * prices["output"]
+                        + usage.cache_read_tokens * prices["cache_read"]
+                        + usage.cache_write_tokens * prices["cache_write"]
+                    )
+                    / 1e6,
+                    4,
                 )
-                / 1e6,
-                4,
-            )
-            total = (total or 0.0) + usage.cost_usd
+                total = (total or 0.0) + usage.cost_usd
+            models.append(usage)
+        files = [
+            FileChange(path=path, ops=ops, count=counts[0], first_event=counts[1])
+            for path, (ops, counts) in sorted(self.files.items())
+        ]
         return Summary(
             events=sum(self.kinds.values()),
             by_kind=dict(self.kinds),
-            tools=dict(self.tools.most_common()),
-            files_changed=sorted(self.files.values(), key=lambda f: f.path),
+            tools=dict(Counter(self.tools).most_common()),
+            files_changed=files,
             commands=self.commands,
             commands_total=self.commands_total,
             commands_failed=self.commands_failed,
-            models=sorted(self.usage.values(), key=lambda u: u.model),
+            models=models,
             cost_usd=round(total, 4) if total is not None else None,
             prices_as_of=str(price_table()["as_of"]),
             started=self.started,
             ended=self.ended,
-            subagents=self.kinds[EventKind.SUBAGENT_START],
-            compactions=self.kinds[EventKind.COMPACTION],
+            subagents=self.kinds.get(EventKind.SUBAGENT_START, 0),
+            compactions=self.kinds.get(EventKind.COMPACTION, 0),
         )

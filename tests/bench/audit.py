@@ -1,15 +1,21 @@
 """Audit throughput and peak memory on large transcripts built by repeating real sessions.
 
-    python -m tests.bench.audit [--sizes-mb 100,1000] [--formats claude,codex] [--keep DIR]
-                                [--profile]
+    python -m tests.bench.audit [--sizes-mb 100,1000] [--formats claude,codex,gemini,opencode]
+                                [--keep DIR] [--profile]
 
 For each format and size it writes a transcript of that size by repeating the session transcripts
 under tests/fixtures/transcripts/real/<format>/ (falling back to our written fixtures when no real
 one exists), then runs the full pipeline (file -> events -> checks -> summary -> report) in a fresh
-child process and prints MB/s of wall-clock and of CPU time, the child's peak RSS and the load
-average as a JSON list and a markdown table. Other jobs on the machine slow the wall clock, not the
-CPU time, so compare CPU rates across runs. ``--profile`` adds the functions that took the most
-time (cProfile, which roughly doubles the run time) for each file.
+child process and prints MB/s and events/s of wall-clock and of CPU time, the child's peak RSS and
+the load average as a JSON list and a markdown table. Other jobs on the machine slow the wall clock
+more than the CPU time, so compare CPU rates across runs. ``--profile`` adds the functions that
+took the most time (cProfile, which roughly doubles the run time) for each file.
+
+Claude Code, Codex and Gemini CLI transcripts are JSONL files: the real session is repeated whole,
+line for line (a Gemini session is an upsert log, so its repeats rewrite the same messages: the
+reader decodes every line and folds them into one session's events). OpenCode keeps sessions in a
+SQLite database: the real session's rows are inserted again under new ids until the database file
+reaches the size, with the indexes OpenCode creates (the fixture is a dump of the rows alone).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import pstats
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,29 +36,83 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "transcripts"
-FALLBACK = {"claude": FIXTURES / "claude", "codex": FIXTURES / "codex"}
+FALLBACK = {fmt: FIXTURES / fmt for fmt in ("claude", "codex", "gemini", "opencode")}
+
+
+OPENCODE_INDEXES = """
+CREATE INDEX IF NOT EXISTS message_session_idx ON message (session_id);
+CREATE INDEX IF NOT EXISTS part_message_idx ON part (message_id);
+CREATE INDEX IF NOT EXISTS part_session_idx ON part (session_id);
+"""
+"""The indexes OpenCode's schema declares on its message and part tables."""
 
 
 def sources(fmt: str) -> list[Path]:
-    real = sorted((FIXTURES / "real" / fmt).glob("*.jsonl"))
-    return real or sorted(p for p in FALLBACK[fmt].rglob("*.jsonl") if "subagents" not in p.parts)
+    pattern = "*.sql" if fmt == "opencode" else "*.jsonl"
+    real = sorted((FIXTURES / "real" / fmt).glob(pattern))
+    return real or sorted(p for p in FALLBACK[fmt].rglob(pattern) if "subagents" not in p.parts)
 
 
 def build(fmt: str, size_mb: int, out: Path) -> Path:
     """Repeat the source sessions (whole sessions, in order) until the file reaches ``size_mb``."""
+    target = size_mb * 1_000_000
+    path = out / f"{fmt}-{size_mb}MB.{'db' if fmt == 'opencode' else 'jsonl'}"
+    if path.exists() and path.stat().st_size >= target:
+        return path
+    if fmt == "opencode":
+        return build_database(sources(fmt), target, path)
     blob = b"".join(p.read_bytes() for p in sources(fmt))
     if not blob.endswith(b"\n"):
         blob += b"\n"
-    target = size_mb * 1_000_000
-    path = out / f"{fmt}-{size_mb}MB.jsonl"
-    if path.exists() and path.stat().st_size >= target:
-        return path
     with path.open("wb") as fh:
         written = 0
         chunk = blob * max(1, (8 << 20) // len(blob))
         while written < target:
             fh.write(chunk)
             written += len(chunk)
+    return path
+
+
+def build_database(dumps: list[Path], target: int, path: Path) -> Path:
+    """An OpenCode database of about ``target`` bytes: the dumped sessions, then their rows again
+    and again, each copy under new session, message and part ids."""
+    path.unlink(missing_ok=True)
+    db = sqlite3.connect(path)
+    for dump in dumps:
+        db.executescript(dump.read_text())
+    db.executescript(OPENCODE_INDEXES)
+    sessions = db.execute("SELECT * FROM session").fetchall()
+    messages = db.execute("SELECT id, session_id, time_created, time_updated, data FROM message")
+    messages_rows = messages.fetchall()
+    parts = db.execute(
+        "SELECT id, message_id, session_id, time_created, time_updated, data FROM part"
+    ).fetchall()
+    session_values = f"({','.join('?' * len(sessions[0]))})" if sessions else ""
+    copy = 1
+    while path.stat().st_size < target:
+        batch = range(copy, copy + 500)
+        copy += 500
+        if sessions:
+            db.executemany(
+                f"INSERT INTO session VALUES {session_values}",
+                [(f"{row[0]}-{n}", *row[1:]) for n in batch for row in sessions],
+            )
+        db.executemany(
+            "INSERT INTO message (id, session_id, time_created, time_updated, data) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(f"{i}-{n}", f"{s}-{n}", *rest) for n in batch for i, s, *rest in messages_rows],
+        )
+        db.executemany(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (f"{i}-{n}", f"{m}-{n}", f"{s}-{n}", *rest)
+                for n in batch
+                for i, m, s, *rest in parts
+            ],
+        )
+        db.commit()
+    db.close()
     return path
 
 
@@ -96,7 +157,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes-mb", default="100,1000")
-    parser.add_argument("--formats", default="claude,codex")
+    parser.add_argument("--formats", default="claude,codex,gemini,opencode")
     parser.add_argument(
         "--keep", type=Path, default=None, help="directory for the generated files (kept)"
     )
@@ -122,6 +183,8 @@ def main() -> None:
             row["load_avg"] = round((load_before + os.getloadavg()[0]) / 2, 1)
             row.update(format=fmt, size_mb=size, mb_per_s=row["bytes"] / 1e6 / row["seconds"])
             row["mb_per_cpu_s"] = row["bytes"] / 1e6 / row["cpu_seconds"]
+            row["events_per_s"] = row["events"] / row["seconds"]
+            row["events_per_cpu_s"] = row["events"] / row["cpu_seconds"]
             row["source"] = ", ".join(p.relative_to(ROOT).as_posix() for p in sources(fmt))
             results.append(row)
             if args.keep is None:
@@ -131,15 +194,15 @@ def main() -> None:
     profiles = {f"{r['format']} {r['size_mb']} MB": r.pop("profile") for r in results}
     print(json.dumps(results, indent=2))
     print(
-        "\n| format | file | MB/s (wall) | MB/s (CPU time) | peak RSS (MB) | lines | events "
-        "| findings | load avg |"
+        "\n| format | file | MB/s (wall) | MB/s (CPU time) | events/s (CPU time) | peak RSS (MB) "
+        "| lines | events | findings | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['format']} | {r['size_mb']} MB | {r['mb_per_s']:.0f} | {r['mb_per_cpu_s']:.0f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['lines']:,} | {r['events']:,} | {r['findings']} | "
-            f"{r['load_avg']} |"
+            f"{r['events_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | {r['lines']:,} | "
+            f"{r['events']:,} | {r['findings']} | {r['load_avg']} |"
         )
     for name, text in profiles.items():
         if text:

@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from framework.audit.checks import AuditConfig, CheckContext, Checker, Finding
+from framework.audit.checks.shell import split_command
 from framework.audit.events import Event, EventKind
 from framework.audit.ledger import LedgerRun
+from framework.audit.readers import READERS, ReadState
 from framework.config import Settings
 from framework.workspace import Workspace
 
 ROOT = Path("/work/project")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "transcripts"
 
 
 def shell(command: str, call: str = "c1", ts: float | None = None) -> Event:
@@ -422,3 +425,27 @@ def test_offline_policy_reports_every_attempt_that_leaves_loopback_as_an_error()
     assert [f.event.index for f in offline if f.event] == [0]
     assert offline[0].severity.value == "error" and "api.anthropic.com" in offline[0].message
     assert "network-egress" not in ids(findings)
+
+
+def test_calling_checks_only_for_their_programs_finds_what_calling_all_finds() -> None:
+    """The checker tokenizes a command only when it holds a word some check looks for, and calls a
+    check with ``programs`` only for commands running one of them. Calling every check on every
+    event, each command tokenized, must find exactly the same."""
+    hostile = FIXTURES / "real" / "claude" / "hostile.jsonl"
+    events = [e for _, bad, good, _ in CASES for e in (*bad, *good)]
+    events += list(READERS["claude"].events(hostile, ReadState(format="claude")))
+    ctx = CheckContext(config=AuditConfig(), workspace=Workspace(root=ROOT, settings=Settings()))
+    checker, everything = Checker(ctx), Checker(ctx)
+    for i, event in enumerate(events):
+        event.index = i
+        checker.observe(event)
+        argv = split_command(event.command or "") if event.kind is EventKind.SHELL_COMMAND else None
+        for check in everything.checks:
+            if event.kind in check.kinds and check.applies(ctx):
+                check.observe(event, argv, ctx)
+
+    def seen(findings: list[Finding]) -> list[tuple[str, int | None, str]]:
+        return [(f.check, f.event.index if f.event else None, f.message) for f in findings]
+
+    assert seen(checker.finish()) == seen(everything.finish())
+    assert len(ids(checker.finish())) >= 8

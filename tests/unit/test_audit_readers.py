@@ -236,3 +236,38 @@ def test_codex_ui_event_of_unexpected_shape_is_skipped_not_corrupt(tmp_path: Pat
     assert report.reader.corrupt_lines == 0
     assert report.reader.skipped_lines == plain.reader.skipped_lines + 1
     assert kinds(report) == kinds(plain)
+
+
+@pytest.mark.parametrize("chunk_bytes", [base.CHUNK_BYTES, 300])
+def test_codex_damaged_lines_are_counted_and_keep_every_event_on_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    """Rollouts are decoded a block of lines at a time: a blank line, a cut line or two records
+    on one line must be counted as line-by-line reading counts them, and move no event."""
+    monkeypatch.setattr(base, "CHUNK_BYTES", chunk_bytes)
+    lines = CODEX.read_text().splitlines()
+    ui_message, ui_exec_end = lines[3], lines[10]  # UI echoes: no event depends on them
+    damaged = [*lines[:3], "", ui_message[:60], *lines[4:10], ui_exec_end * 2, *lines[11:]]
+    path = tmp_path / "rollout.jsonl"
+    path.write_text("\n".join(damaged) + "\n")
+    report, plain = audit(path), audit(CODEX)
+    assert report.reader.lines == len(damaged)
+    assert report.reader.corrupt_lines == 2
+    assert report.reader.corrupt_examples[0].startswith("rollout.jsonl:5:")
+    assert [damaged[e.line - 1] for e in report.timeline] == [
+        lines[e.line - 1] for e in plain.timeline
+    ]
+
+
+def test_codex_blank_line_and_two_records_on_one_line_move_no_event(tmp_path: Path) -> None:
+    """The block holds as many records as lines here, yet its lines do not map one to one."""
+    lines = CODEX.read_text().splitlines()
+    damaged = [*lines[:3], "", *lines[3:10], lines[10] * 2, *lines[11:]]
+    path = tmp_path / "rollout.jsonl"
+    path.write_text("\n".join(damaged) + "\n")
+    report, plain = audit(path), audit(CODEX)
+    assert report.reader.corrupt_lines == 1
+    assert report.reader.corrupt_examples[0].startswith("rollout.jsonl:12:")
+    assert [damaged[e.line - 1] for e in report.timeline] == [
+        lines[e.line - 1] for e in plain.timeline
+    ]

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from framework.audit.checks.base import AuditConfig, Check, CheckContext, Finding, Severity
+from framework.audit.checks.base import (
+    AuditConfig,
+    Check,
+    CheckContext,
+    Finding,
+    Observe,
+    Severity,
+    program_name,
+)
 from framework.audit.checks.network import NetworkEgress, NetworkWhenOffline
 from framework.audit.checks.report import report_findings
 from framework.audit.checks.rules import (
@@ -73,27 +81,47 @@ class Checker:
         self.checks: list[Check] = [c() for c in STREAMING if c.id in self.enabled]
         for check in self.checks:
             check.severity = ctx.config.severity.get(check.id, check.severity)
-        self.by_kind = {kind: [c for c in self.checks if kind in c.kinds] for kind in EventKind}
-        self.split_cache: dict[str, list[list[str]]] = {}
+        # bound methods per event kind, without the checks that cannot find anything here
+        active = [c for c in self.checks if c.applies(ctx)]
+        shell = EventKind.SHELL_COMMAND
+        self.by_kind = {
+            kind: [
+                c.observe
+                for c in active
+                if kind in c.kinds and (kind is not shell or c.programs is None)
+            ]
+            for kind in EventKind
+        }
+        self.program_checks = [c for c in active if shell in c.kinds and c.programs is not None]
+        self.shell_cache: dict[str, tuple[list[list[str]], list[Observe]]] = {}
 
     def observe(self, event: Event) -> None:
-        argv = None
-        if event.kind is EventKind.SHELL_COMMAND and event.command:
-            argv = self._split(event.command)
+        kind = event.kind
         ctx = self.ctx
-        for check in self.by_kind[event.kind]:
-            check.observe(event, argv, ctx)
+        argv = None
+        if kind is EventKind.SHELL_COMMAND and event.command:
+            argv, observers = self._shell(event.command)
+            for observe in observers:
+                observe(event, argv, ctx)
+        for observe in self.by_kind[kind]:
+            observe(event, argv, ctx)
 
-    def _split(self, command: str) -> list[list[str]]:
-        """The command's argv lists; agents rerun the same commands, so results are remembered."""
-        argv = self.split_cache.get(command)
-        if argv is None:
-            if len(self.split_cache) > 2048:
-                self.split_cache.clear()
+    def _shell(self, command: str) -> tuple[list[list[str]], list[Observe]]:
+        """The command's argv lists and the checks that look for one of the programs it runs.
+        Agents rerun the same commands, so both are remembered."""
+        known = self.shell_cache.get(command)
+        if known is None:
+            if len(self.shell_cache) > 2048:
+                self.shell_cache.clear()
             wanted = SHELL_WORDS.search(command) or has_secret_hint(command)
             argv = split_command(command) if wanted else []
-            self.split_cache[command] = argv
-        return argv
+            programs = {program_name(words[0]) for words in argv if words}
+            observers: list[Observe] = [
+                c.observe for c in self.program_checks if not programs.isdisjoint(c.programs or ())
+            ]
+            known = (argv, observers)
+            self.shell_cache[command] = known
+        return known
 
     def finish(self, unreadable: str | None = None) -> list[Finding]:
         findings: list[Finding] = []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,10 +98,13 @@ class CheckContext:
 
     def __post_init__(self) -> None:
         self._root = self.workspace.root.as_posix().rstrip("/") + "/"
-        self._protected = [posixpath.normpath(p) for p in self.config.protected_paths]
+        protected = [posixpath.normpath(p) for p in self.config.protected_paths]
+        self._protected = frozenset(protected)
+        self._protected_dirs = tuple(p + "/" for p in protected)
         self._evaluation = re.compile(
             "|".join(fnmatch.translate(p) for p in self.config.evaluation_patterns) or "(?!)"
         )
+        self._classified: dict[str, tuple[str | None, bool, bool]] = {}
         allowlist = self.config.network_allowlist
         if allowlist is None:
             allowlist = self.workspace.settings.sandbox.network_allowlist
@@ -117,10 +121,23 @@ class CheckContext:
         rel = posixpath.normpath(path)
         return None if rel.startswith("../") or rel == ".." else rel
 
+    def classify(self, path: str) -> tuple[str | None, bool, bool]:
+        """``(relative path, protected, evaluation file)`` for a path an event changes. Agents
+        write the same few files again and again, so answers are remembered."""
+        known = self._classified.get(path)
+        if known is None:
+            rel = self.relative(path)
+            protected = rel is not None and self.is_protected(rel)
+            evaluation = rel is not None and not protected and self.is_evaluation(rel)
+            if len(self._classified) >= 4096:
+                self._classified.clear()
+            known = self._classified[path] = (rel, protected, evaluation)
+        return known
+
     def is_protected(self, rel: str) -> bool:
         """Same rule as :meth:`Workspace.is_protected` on a workspace-relative path, without pathlib
         (this runs for every written path of a long session)."""
-        return any(rel == p or rel.startswith(p + "/") for p in self._protected)
+        return rel in self._protected or rel.startswith(self._protected_dirs)
 
     def host_allowed(self, host: str) -> bool:
         """Whether the egress proxy lets ``host`` through (same matching rule as the proxy)."""
@@ -131,6 +148,15 @@ class CheckContext:
         return self._evaluation.match(rel) is not None
 
 
+Observe: TypeAlias = Callable[[Event, "list[list[str]] | None", "CheckContext"], None]
+"""A check's ``observe``: the event, the argv lists of a shell command, the context."""
+
+
+def program_name(word: str) -> str:
+    """The name a check's ``programs`` use for an argv[0]: ``python`` for every python3.X."""
+    return "python" if word.startswith("python") else word
+
+
 class Check(Protocol):
     """A rule. Streaming checks see each event once (``observe``); all report in ``finish``."""
 
@@ -138,6 +164,16 @@ class Check(Protocol):
     severity: Severity
     title: str
     kinds: frozenset[EventKind]
+
+    @property
+    def programs(self) -> frozenset[str] | None:
+        """For shell commands: called only for those running one of these programs (by
+        :func:`program_name`); None: for every command."""
+        ...
+
+    def applies(self, ctx: CheckContext) -> bool:
+        """Whether the check can find anything under this configuration (else it is not run)."""
+        ...
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None: ...
 
@@ -151,6 +187,7 @@ class StreamingCheck:
     severity = Severity.WARNING
     title = ""
     kinds: frozenset[EventKind] = frozenset()
+    programs: frozenset[str] | None = None
 
     def __init__(self) -> None:
         self.found: list[Finding] = []
@@ -170,6 +207,9 @@ class StreamingCheck:
                 evidence=evidence,
             )
         )
+
+    def applies(self, ctx: CheckContext) -> bool:
+        return True
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         return None

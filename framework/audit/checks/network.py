@@ -112,6 +112,8 @@ def network_attempts(event: Event, argv: list[list[str]] | None) -> list[Attempt
         # The code may sit in -c, a heredoc or a pipe; the literal hosts are what the audit can see.
         hosts = _url_hosts(command) + PYTHON_HOST.findall(command)
         found.extend(Attempt("python", h.lower()) for h in hosts)
+    if not found:
+        return found
     unique: dict[tuple[str, str | None], Attempt] = {}
     for attempt in found:
         unique.setdefault((attempt.program, attempt.host), attempt)
@@ -192,9 +194,10 @@ class NetworkWhenOffline(StreamingCheck):
     title = "network used although the policy is 'none'"
     kinds = NETWORK_KINDS
 
+    def applies(self, ctx: CheckContext) -> bool:
+        return ctx.config.network_policy == "none"
+
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if ctx.config.network_policy != "none":
-            return
         for attempt in network_attempts(event, argv):
             if attempt.host is None or not is_loopback(attempt.host):
                 where = attempt.host or "the network"
@@ -212,13 +215,17 @@ class NetworkEgress(StreamingCheck):
     title = "network access to a host off the allowlist"
     kinds = NETWORK_KINDS
 
+    def applies(self, ctx: CheckContext) -> bool:
+        return ctx.config.network_policy == "allowlist"
+
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if ctx.config.network_policy != "allowlist":
+        attempts = network_attempts(event, argv)
+        if not attempts:
             return
         refused = sorted(
             {
                 f"{a.host} ({a.program})"
-                for a in network_attempts(event, argv)
+                for a in attempts
                 if a.host is not None and not is_loopback(a.host) and not ctx.host_allowed(a.host)
             }
         )

@@ -30,6 +30,9 @@ WRITE_PROGRAMS = frozenset(
     }
 )
 SHELL = frozenset({EventKind.SHELL_COMMAND})
+GIT = frozenset({"git"})
+CHANGING_PROGRAMS = WRITE_PROGRAMS | {">", "sed", "git"}
+"""What :func:`_changed_paths` reads: redirects, ``sed -i``, ``git rm/mv/checkout`` and the rest."""
 EDITS = frozenset({EventKind.SHELL_COMMAND, EventKind.FILE_EDIT})
 SHELL_WORDS = re.compile(
     r"\b(?:git|pip3?|npm|apt|apt-get|uv|sed|"
@@ -80,11 +83,12 @@ class ProtectedPathModified(StreamingCheck):
     severity = Severity.ERROR
     title = "protected path edited or deleted"
     kinds = EDITS
+    programs = CHANGING_PROGRAMS
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         for path, how in _changed_paths(event, argv):
-            rel = ctx.relative(path)
-            if rel is not None and ctx.is_protected(rel):
+            rel, protected, _ = ctx.classify(path)
+            if protected:
                 self.flag(
                     event, f"{how} of protected path {rel}", evidence=event.command or event.path
                 )
@@ -95,13 +99,12 @@ class EvaluationFileTouched(StreamingCheck):
     severity = Severity.WARNING
     title = "evaluation file changed"
     kinds = EDITS
+    programs = CHANGING_PROGRAMS
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         for path, how in _changed_paths(event, argv):
-            rel = ctx.relative(path)
-            if rel is None or ctx.is_protected(rel):
-                continue
-            if ctx.is_evaluation(rel):
+            rel, _, evaluation = ctx.classify(path)
+            if evaluation:
                 self.flag(
                     event, f"{how} of evaluation file {rel}", evidence=event.command or event.path
                 )
@@ -112,6 +115,7 @@ class GitAddAll(StreamingCheck):
     severity = Severity.WARNING
     title = "git add of everything (git add -A / git add . / git commit -a)"
     kinds = SHELL
+    programs = GIT
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         for words in argv or ():
@@ -138,6 +142,7 @@ class GitHistoryRewrite(StreamingCheck):
     severity = Severity.ERROR
     title = "git history rewritten"
     kinds = SHELL
+    programs = GIT
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         for words in argv or ():
@@ -175,6 +180,7 @@ class GitNoVerify(StreamingCheck):
     severity = Severity.ERROR
     title = "git hooks skipped with --no-verify"
     kinds = SHELL
+    programs = GIT
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         for words in argv or ():
@@ -188,10 +194,12 @@ class PipWithUv(StreamingCheck):
     severity = Severity.WARNING
     title = "pip install in a project managed with uv"
     kinds = SHELL
+    programs = frozenset({"pip", "pip3", "python"})
+
+    def applies(self, ctx: CheckContext) -> bool:
+        return ctx.config.package_manager == "uv"
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if ctx.config.package_manager != "uv":
-            return
         for words in argv or ():
             if _is_pip_install(words):
                 self.flag(
@@ -303,10 +311,13 @@ class FailingCommandLoop(StreamingCheck):
         if event.kind is EventKind.SHELL_COMMAND and event.call_id:
             if len(self.shell_calls) > 4096:
                 self.shell_calls.clear()
-            self.shell_calls[event.call_id] = " ".join((event.command or "").split())
+            self.shell_calls[event.call_id] = event.command or ""
         elif event.kind is EventKind.TOOL_RESULT and event.call_id in self.shell_calls:
             command = self.shell_calls.pop(event.call_id or "")
-            if not event.failed or (command not in self.failures and len(self.failures) > 10000):
+            if not event.failed:
+                return
+            command = " ".join(command.split())
+            if command not in self.failures and len(self.failures) > 10000:
                 return
             self.failures[command] += 1
             if self.failures[command] == ctx.config.loop_threshold:

@@ -39,14 +39,14 @@ KNOWN_TOP_LEVEL = frozenset(
 )  # fmt: skip
 
 
-class Usage(msgspec.Struct):
+class Usage(msgspec.Struct, gc=False):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
 
 
-class Block(msgspec.Struct):
+class Block(msgspec.Struct, gc=False):
     type: str = ""
     text: str | None = None
     thinking: str | None = None
@@ -58,7 +58,7 @@ class Block(msgspec.Struct):
     is_error: bool | None = None
 
 
-class Message(msgspec.Struct):
+class Message(msgspec.Struct, gc=False):
     role: str | None = None
     id: str | None = None
     model: str | None = None
@@ -66,7 +66,7 @@ class Message(msgspec.Struct):
     usage: Usage | None = None
 
 
-class Record(msgspec.Struct):
+class Record(msgspec.Struct, gc=False):
     type: str = ""
     isSidechain: bool | None = None
     agentId: str | None = None
@@ -83,7 +83,7 @@ class Record(msgspec.Struct):
 _decoder = msgspec.json.Decoder(Record)
 
 
-class _Head(msgspec.Struct):
+class _Head(msgspec.Struct, gc=False):
     type: str = ""
 
 

@@ -10,7 +10,7 @@ JSON *string*, ``function_call_output``, ``custom_tool_call`` for apply_patch), 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import msgspec
 from msgspec.structs import replace
 
 from framework.audit.events import Event, EventKind, clip, parse_timestamp
-from framework.audit.readers.base import Line, ReadState, decode_lines
+from framework.audit.readers.base import Line, ReadState, decode_records
 from framework.audit.readers.tools import tool_call_events
 
 ENVELOPE_TYPES = frozenset(
@@ -47,23 +47,23 @@ UI_EVENTS = frozenset(
 EXIT_CODE = re.compile(rb"(?:Exit code|exit_code\"?|exited with code):?\s*(-?\d+)")
 
 
-class Text(msgspec.Struct):
+class Text(msgspec.Struct, gc=False):
     type: str = ""
     text: str | None = None
 
 
-class Usage(msgspec.Struct):
+class Usage(msgspec.Struct, gc=False):
     input_tokens: int | None = None
     cached_input_tokens: int | None = None
     output_tokens: int | None = None
     reasoning_output_tokens: int | None = None
 
 
-class TokenInfo(msgspec.Struct):
+class TokenInfo(msgspec.Struct, gc=False):
     total_token_usage: Usage | None = None
 
 
-class Item(msgspec.Struct):
+class Item(msgspec.Struct, gc=False):
     type: str = ""
     timestamp: str | None = None
     payload: Item | None = None
@@ -85,11 +85,11 @@ class Item(msgspec.Struct):
 _decoder = msgspec.json.Decoder(Item)
 
 
-class _PayloadHead(msgspec.Struct):
+class _PayloadHead(msgspec.Struct, gc=False):
     type: str = ""
 
 
-class _Head(msgspec.Struct):
+class _Head(msgspec.Struct, gc=False):
     type: str = ""
     payload: _PayloadHead | None = None
 
@@ -111,9 +111,11 @@ def _unused(line: Line) -> bool:
 
 
 class CodexReader:
-    """Every line is decoded once, straight into :class:`Item`: in a rollout most bytes belong to
-    records we use, so a separate pass that only reads the ``type`` fields would cost more than the
-    few UI lines it could skip."""
+    """Lines are decoded a block at a time (:func:`decode_records`), straight into :class:`Item`:
+    fields it does not declare, such as ``base_instructions`` or ``encrypted_content``, are
+    skipped by the decoder, never built as Python objects. In a rollout most lines are records the
+    audit uses, so recognizing the others from their first bytes (as the Claude Code reader does)
+    would cost more per line than it saves."""
 
     name = "codex"
 
@@ -122,123 +124,131 @@ class CodexReader:
         model: str | None = None
         last_total = (0, 0, 0, 0)
         checked: set[str] = set()
-        for number, line, rec in decode_lines(path, _decoder, state, unused=_unused):
-            outer = rec.type
-            if outer in ENVELOPE_TYPES:
-                item = rec.payload
-                if item is None:
+        for block, numbers, records in decode_records(path, _decoder, state, _unused):
+            skipped = 0
+            for number, rec in zip(numbers, records, strict=True):
+                outer = rec.type
+                if outer in ENVELOPE_TYPES:
+                    item = rec.payload
+                    if item is None:
+                        continue
+                elif outer in QUIET_ENVELOPES:
+                    skipped += 1
                     continue
-            elif outer in QUIET_ENVELOPES:
-                state.skipped_lines += 1
-                continue
-            else:  # an older rollout: the item itself, without the envelope
-                item = rec
-                outer = "response_item" if outer else "session_meta"
-            kind = item.type
-            if outer == "response_item":
-                if kind not in checked:
-                    checked.add(kind)
-                    state.check_fields(f"codex:{kind}", line, ITEM_KEYS)
-                base = Event(
-                    kind=EventKind.TOOL_CALL,
-                    source=source,
-                    line=number,
-                    ts=parse_timestamp(rec.timestamp or item.timestamp),
-                )
-                yield from self._item(item, base, model, state)
-            elif outer == "event_msg":
-                if kind == "token_count":
-                    usage = item.info.total_token_usage if item.info is not None else None
-                    total = _totals(usage) if usage is not None else last_total
-                    if total > last_total:
-                        delta = tuple(max(0, a - b) for a, b in zip(total, last_total, strict=True))
-                        last_total = total
+                else:  # an older rollout: the item itself, without the envelope
+                    item = rec
+                    outer = "response_item" if outer else "session_meta"
+                kind = item.type
+                if outer == "event_msg":
+                    if kind in UI_EVENTS:
+                        skipped += 1
+                    elif kind == "token_count":
+                        usage = item.info.total_token_usage if item.info is not None else None
+                        if usage is None:
+                            continue
+                        total = _totals(usage)
+                        if total > last_total:
+                            yield _usage(total, last_total, source, number, rec.timestamp, model)
+                            last_total = total
+                    elif kind == "error":
                         yield Event(
-                            kind=EventKind.TOKEN_USAGE,
+                            kind=EventKind.ERROR,
                             source=source,
                             line=number,
                             ts=parse_timestamp(rec.timestamp),
-                            model=model,
-                            input_tokens=delta[0] - delta[1],
-                            cache_read_tokens=delta[1],
-                            output_tokens=delta[2],
-                            reasoning_tokens=delta[3],
+                            text=clip(item.message),
                         )
-                elif kind == "error":
+                    else:
+                        state.unknown_type(f"codex:event_msg:{kind}")
+                elif outer == "response_item":
+                    if kind not in checked:
+                        checked.add(kind)
+                        state.check_fields(f"codex:{kind}", block.line(number), ITEM_KEYS)
+                    ts = parse_timestamp(rec.timestamp or item.timestamp)
+                    yield from self._item(item, source, number, ts, model, state)
+                elif outer == "turn_context":
+                    model = item.model or model
+                elif outer == "session_meta":
                     yield Event(
-                        kind=EventKind.ERROR,
+                        kind=EventKind.SESSION_START,
                         source=source,
                         line=number,
-                        ts=parse_timestamp(rec.timestamp),
+                        ts=parse_timestamp(rec.timestamp or item.timestamp),
+                        text=item.id,
+                    )
+                else:  # compacted
+                    yield Event(
+                        kind=EventKind.COMPACTION,
+                        source=source,
+                        line=number,
+                        ts=parse_timestamp(rec.timestamp or item.timestamp),
                         text=clip(item.message),
                     )
-                elif kind in UI_EVENTS:
-                    state.skipped_lines += 1
-                else:
-                    state.unknown_type(f"codex:event_msg:{kind}")
-            elif outer == "turn_context":
-                model = item.model or model
-            elif outer == "session_meta":
-                yield Event(
-                    kind=EventKind.SESSION_START,
-                    source=source,
-                    line=number,
-                    ts=parse_timestamp(rec.timestamp or item.timestamp),
-                    text=item.id,
-                )
-            else:  # compacted
-                yield Event(
-                    kind=EventKind.COMPACTION,
-                    source=source,
-                    line=number,
-                    ts=parse_timestamp(rec.timestamp or item.timestamp),
-                    text=clip(item.message),
-                )
+            state.skipped_lines += skipped
 
     def _item(
-        self, item: Item, base: Event, model: str | None, state: ReadState
-    ) -> Iterator[Event]:
+        self,
+        item: Item,
+        source: str,
+        number: int,
+        ts: float | None,
+        model: str | None,
+        state: ReadState,
+    ) -> Iterable[Event]:
+        """The events of one response item (a list or a generator: both are iterated once)."""
         kind = item.type
         if kind == "message":
-            text = "\n".join(t.text for t in item.content or () if t.text)
-            if item.role == "assistant":
-                yield replace(
-                    base,
-                    kind=EventKind.ASSISTANT,
+            role = item.role
+            if role != "assistant" and role != "user":
+                return ()  # developer and system messages hold the CLI's own instructions
+            text = "\n".join([t.text for t in item.content or () if t.text])
+            if role == "user" and _is_injected(text):
+                return ()
+            return [
+                Event(
+                    kind=EventKind.ASSISTANT if role == "assistant" else EventKind.USER,
+                    source=source,
+                    line=number,
+                    ts=ts,
                     text=clip(text),
                     text_size=len(text),
-                    model=model,
+                    model=model if role == "assistant" else None,
                 )
-            elif item.role == "user" and not _is_injected(text):
-                yield replace(base, kind=EventKind.USER, text=clip(text), text_size=len(text))
-        elif kind == "reasoning":
+            ]
+        if kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
+            return [_result(item, source, number, ts)]
+        call = Event(
+            kind=EventKind.TOOL_CALL,
+            source=source,
+            line=number,
+            ts=ts,
+            call_id=item.call_id,
+            model=model,
+        )
+        if kind == "function_call" and item.name:
+            return tool_call_events(call, item.name, _json(item.arguments))
+        if kind == "custom_tool_call" and item.name:
+            return tool_call_events(call, item.name, {"input": item.input or ""})
+        if kind == "local_shell_call":
+            return tool_call_events(call, "local_shell", _json(bytes(item.action)))
+        if kind == "web_search_call":
+            return [replace(call, tool="web_search", model=None)]
+        if kind == "reasoning":
             summary = item.summary if isinstance(item.summary, list) else ()
-            text = "\n".join(t.text for t in summary if t.text)
-            yield replace(base, kind=EventKind.THINKING, text=clip(text), text_size=len(text))
-        elif kind == "function_call" and item.name:
-            args = _json(item.arguments)
-            yield from tool_call_events(
-                replace(base, call_id=item.call_id, model=model), item.name, args
-            )
-        elif kind == "custom_tool_call" and item.name:
-            yield from tool_call_events(
-                replace(base, call_id=item.call_id, model=model),
-                item.name,
-                {"input": item.input or ""},
-            )
-        elif kind == "local_shell_call":
-            action = _json(bytes(item.action))
-            yield from tool_call_events(
-                replace(base, call_id=item.call_id, model=model), "local_shell", action
-            )
-        elif kind == "web_search_call":
-            yield replace(base, kind=EventKind.TOOL_CALL, tool="web_search", call_id=item.call_id)
-        elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
-            yield _result(item, base)
-        elif kind in ("ghost_snapshot", "compaction_summary"):
-            return
-        else:
+            text = "\n".join([t.text for t in summary if t.text])
+            return [
+                replace(
+                    call,
+                    kind=EventKind.THINKING,
+                    call_id=None,
+                    model=None,
+                    text=clip(text),
+                    text_size=len(text),
+                )
+            ]
+        if kind not in ("ghost_snapshot", "compaction_summary"):
             state.unknown_type(f"codex:{kind}")
+        return ()
 
 
 def _totals(u: Usage) -> tuple[int, int, int, int]:
@@ -247,6 +257,29 @@ def _totals(u: Usage) -> tuple[int, int, int, int]:
         u.cached_input_tokens or 0,
         u.output_tokens or 0,
         u.reasoning_output_tokens or 0,
+    )
+
+
+def _usage(
+    total: tuple[int, int, int, int],
+    last: tuple[int, int, int, int],
+    source: str,
+    number: int,
+    timestamp: str | None,
+    model: str | None,
+) -> Event:
+    """Token usage since the last ``token_count``: rollouts record running totals."""
+    inputs, cached, outputs, reasoning = (max(0, a - b) for a, b in zip(total, last, strict=True))
+    return Event(
+        kind=EventKind.TOKEN_USAGE,
+        source=source,
+        line=number,
+        ts=parse_timestamp(timestamp),
+        model=model,
+        input_tokens=inputs - cached,
+        cache_read_tokens=cached,
+        output_tokens=outputs,
+        reasoning_tokens=reasoning,
     )
 
 
@@ -265,13 +298,14 @@ def _is_injected(text: str) -> bool:
     return head.startswith(("<environment_context>", "<user_instructions>", "# AGENTS.md"))
 
 
-def _result(item: Item, base: Event) -> Event:
+def _result(item: Item, source: str, number: int, ts: float | None) -> Event:
     """Tool output: a plain string, or a JSON string ``{"output", "metadata": {"exit_code"}}``."""
     raw = item.output
     exit_code: int | None = None
     start = bytes(memoryview(raw)[:4096])  # big outputs are measured, never copied whole
     head = start.replace(b'\\"', b'"')
-    match = EXIT_CODE.search(head)
+    at = head.find(b"xit")  # in each phrase EXIT_CODE knows: a cheap test before the regex
+    match = EXIT_CODE.search(head, max(at - 1, 0)) if at >= 0 else None
     if match:
         exit_code = int(match.group(1))
     status = "error" if exit_code not in (None, 0) else "ok"
@@ -281,9 +315,11 @@ def _result(item: Item, base: Event) -> Event:
         text = clip(
             decoded if isinstance(decoded, str) else start[:500].decode(errors="replace"), 500
         )
-    return replace(
-        base,
+    return Event(
         kind=EventKind.TOOL_RESULT,
+        source=source,
+        line=number,
+        ts=ts,
         call_id=item.call_id,
         status=status,
         exit_code=exit_code,

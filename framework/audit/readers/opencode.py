@@ -24,6 +24,13 @@ QUIET_PARTS = frozenset(
 )
 
 
+DATABASE_QUERY = """
+SELECT m.id, m.session_id, m.data, p.data
+FROM message AS m LEFT JOIN part AS p ON p.message_id = m.id
+ORDER BY m.session_id, m.time_created, m.id, p.time_created, p.id
+"""
+
+
 class OpenCodeReader:
     name = "opencode"
 
@@ -38,20 +45,27 @@ class OpenCodeReader:
         state.bytes_read += path.stat().st_size
         uri = f"file:{path}?mode=ro"
         with sqlite3.connect(uri, uri=True) as db:
-            messages = db.execute(
-                "SELECT id, session_id, data FROM message ORDER BY session_id, time_created, id"
-            )
-            for message_id, session_id, data in messages:
-                parts = db.execute(
-                    "SELECT data FROM part WHERE message_id = ? ORDER BY time_created, id",
-                    (message_id,),
-                ).fetchall()
+            # One query, each message's parts in consecutive rows: a query per message would scan
+            # the part table each time wherever ``part.message_id`` has no index.
+            rows = db.execute(DATABASE_QUERY)
+            current: tuple[str, str, str] | None = None
+            parts: list[dict[str, Any]] = []
+            for message_id, session_id, data, part in rows:
+                if current is None or current[0] != message_id:
+                    if current is not None:
+                        yield from self._message(
+                            current[1],
+                            current[0],
+                            _load(current[2], state, current[0]),
+                            parts,
+                            state,
+                        )
+                    current, parts = (message_id, session_id, data), []
+                if part is not None:
+                    parts.append(_load(part, state, message_id))
+            if current is not None:
                 yield from self._message(
-                    session_id,
-                    message_id,
-                    _load(data, state, message_id),
-                    [_load(p, state, message_id) for (p,) in parts],
-                    state,
+                    current[1], current[0], _load(current[2], state, current[0]), parts, state
                 )
 
     def _storage(self, root: Path, state: ReadState) -> Iterator[Event]:
