@@ -7,6 +7,7 @@ field name is an error at the writer, not a silently lost value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -25,6 +26,8 @@ class EventKind(StrEnum):
     session_started = "session_started"
     session_ended = "session_ended"
     audit_done = "audit_done"
+    request_rejected = "request_rejected"
+    """A ``remote-run`` request the broker refused (nothing ran); not a run event."""
 
 
 RUN_EVENT_KINDS = frozenset(
@@ -207,9 +210,20 @@ class VerifyReport(BaseModel):
 
 
 def validate_payload(kind: EventKind, payload: dict[str, Any]) -> dict[str, Any]:
-    """Check a payload at the write boundary; return it as plain JSON-able data."""
+    """Check a payload at the write boundary; return it as plain JSON-able data (a new dict, for
+    run events). :class:`RunFields` is the schema: a payload whose every field already has the
+    plain JSON form of its type (:func:`_plain_copy`, derived from the field annotations) is copied
+    as is; any other one (a datetime, a nested model, a wrong type, an unknown field) goes through
+    pydantic, which converts it or says what is wrong. Both give the same result where both apply
+    (tests/unit/test_ledger.py checks that)."""
     if kind not in RUN_EVENT_KINDS:
         return payload
+    plain = _plain_copy(payload)
+    return plain if plain is not None else _validated(kind, payload)
+
+
+def _validated(kind: EventKind, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload validated and dumped by pydantic (``RunFields``, JSON mode, only the fields set)."""
     try:
         fields = _RUN_FIELDS_VALIDATOR.validate_python(payload)
     except ValidationError as exc:
@@ -230,6 +244,119 @@ def validate_payload(kind: EventKind, payload: dict[str, Any]) -> dict[str, Any]
 # What ``RunFields.model_validate`` / ``model_dump`` call, without their per-call wrapper cost.
 _RUN_FIELDS_VALIDATOR = RunFields.__pydantic_validator__
 _RUN_FIELDS_SERIALIZER = RunFields.__pydantic_serializer__
+
+_NOT_PLAIN = object()
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of JSON data made of exactly dict (str keys), list, str, int, bool, finite float and
+    None, which pydantic's JSON mode returns unchanged; :data:`_NOT_PLAIN` for anything else
+    (a tuple, a datetime, a str subclass, inf...), which pydantic converts."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if value - value == 0 else _NOT_PLAIN  # inf and nan are not JSON
+    if kind is list:
+        items = [_json_copy(item) for item in value]
+        return _NOT_PLAIN if _NOT_PLAIN in items else items
+    if kind is dict:
+        copy = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                return _NOT_PLAIN
+            item = _json_copy(item)
+            if item is _NOT_PLAIN:
+                return _NOT_PLAIN
+            copy[key] = item
+        return copy
+    return _NOT_PLAIN
+
+
+def _plain_str(value: Any) -> Any:
+    return value if type(value) is str else _NOT_PLAIN
+
+
+def _plain_int(value: Any) -> Any:
+    return value if type(value) is int else _NOT_PLAIN
+
+
+def _plain_str_list(value: Any) -> Any:
+    if type(value) is list:
+        for item in value:
+            if type(item) is not str:
+                return _NOT_PLAIN
+        return value.copy()
+    return _NOT_PLAIN
+
+
+def _plain_json_dict(value: Any) -> Any:
+    """A copy of a dict of JSON data (see :func:`_json_copy`), with flat str/int values inline."""
+    if type(value) is not dict:
+        return _NOT_PLAIN
+    copy = {}
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return _NOT_PLAIN
+        if kind is float:
+            if item - item != 0:
+                return _NOT_PLAIN
+        elif not (kind is str or kind is int or kind is bool or item is None):
+            item = _json_copy(item)
+            if item is _NOT_PLAIN:
+                return _NOT_PLAIN
+        copy[key] = item
+    return copy
+
+
+_PLAIN_FORMS: dict[Any, Callable[[Any], Any]] = {
+    str | None: _plain_str,
+    int | None: _plain_int,
+    list[str] | None: _plain_str_list,
+    dict[str, Any] | None: _plain_json_dict,
+}
+# Per field of RunFields, how to copy a value that is already in plain form (fields of other types,
+# e.g. datetimes and GpuAllocation, always go through pydantic).
+_PLAIN_FIELDS: dict[str, Callable[[Any], Any]] = {
+    name: _PLAIN_FORMS[field.annotation]
+    for name, field in RunFields.model_fields.items()
+    if field.annotation in _PLAIN_FORMS and field.default is None and not field.metadata
+}
+
+
+def _plain_copy(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The payload copied if every field is a known one holding None or its plain JSON form;
+    None if pydantic must look at it. (The hot path of appends: str and int are checked inline.)"""
+    if type(payload) is not dict:
+        return None
+    copy: dict[str, Any] = {}
+    plain_fields, str_fields, int_fields = _PLAIN_FIELDS, _STR_FIELDS, _INT_FIELDS
+    for key, value in payload.items():
+        kind = type(value)
+        if kind is str:
+            if key not in str_fields:
+                return None
+        elif kind is int:
+            if key not in int_fields:
+                return None
+        elif value is None:
+            if key not in _FIELD_NAMES:
+                return None
+        else:
+            plain = plain_fields.get(key)
+            if plain is None:
+                return None
+            value = plain(value)
+            if value is _NOT_PLAIN:
+                return None
+        copy[key] = value
+    return copy
+
+
+_FIELD_NAMES = frozenset(RunFields.model_fields)
+_STR_FIELDS = frozenset(name for name, plain in _PLAIN_FIELDS.items() if plain is _plain_str)
+_INT_FIELDS = frozenset(name for name, plain in _PLAIN_FIELDS.items() if plain is _plain_int)
 
 
 _MERGED = frozenset({"metrics", "params", "resources", "extra"})

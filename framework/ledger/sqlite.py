@@ -1,5 +1,6 @@
 """SQLite backend: one WAL-mode file in the project state dir (the embedded default), and beside
-it the tail file (``ledger.sqlite-tail``, see ``framework/ledger/tail.py``).
+it the tail file (``ledger.sqlite-tail``) and its version counter (``ledger.sqlite-tail.version``),
+see ``framework/ledger/tail.py``.
 
 An append is acknowledged once its events are in the tail: chained onto the true head under an
 exclusive ``flock`` that every appending process takes, and written with one ``write()``. A fold
@@ -39,7 +40,6 @@ from framework.ledger.store import (
     Entry,
     Ledger,
     _Request,
-    _submitted_ids,
 )
 from framework.ledger.tail import Tail
 
@@ -151,6 +151,11 @@ class SqliteLedger(Ledger):
     sync = DEFAULT_SYNC
     """The durability level of this ledger's commits: ``normal`` or ``full``."""
     _tail: Tail
+    _run_ids: set[str]
+    """Runs known to have events, so that a run is submitted once without a query per submission:
+    those of the tables up to seq :attr:`_run_ids_upto` (read incrementally when another process
+    has folded further), and every run of the tail (:attr:`Tail.run_ids` is this same set)."""
+    _run_ids_upto = -1  # -1: the tables' runs are not read yet (the first append reads them)
 
     @classmethod
     def open(cls, url: str) -> SqliteLedger:
@@ -184,8 +189,9 @@ class SqliteLedger(Ledger):
             conn.close()
             raise LedgerError(f"{path} is not a usable ledger database: {exc}") from None
         ledger.sync = sync
+        ledger._run_ids = set()
         try:
-            ledger._tail = Tail(tail_path(path), fsync=sync == "full")
+            ledger._tail = Tail(tail_path(path), fsync=sync == "full", run_ids=ledger._run_ids)
         except LedgerError:
             conn.close()
             raise
@@ -207,18 +213,33 @@ class SqliteLedger(Ledger):
         """Chain the requests onto the true head and write them to the tail in one ``write()``,
         under the lock every appending process takes; fold the tail once it is large."""
         tail = self._tail
-        with tail.locked():
-            tail.sync(self._read_head)
-            submitted = _submitted_ids(group)
-            known = (submitted & tail.run_ids) | self._known_runs(submitted - tail.run_ids)
-            chained = self._chain_group(group, *tail.head, known)
+        tail.lock()
+        try:
+            tail.sync(self._read_head, trust_version=True)
+            if tail.after[0] > self._run_ids_upto:
+                self._read_run_ids(tail.after[0])
+            chained, runs = self._chain_group(group, *tail.head, self._run_ids)
             if not chained:
                 return
-            tail.append(chained, known)  # known now includes the runs chained here
+            tail.append(chained, runs)
             if tail.size >= FOLD_AT_BYTES:
                 # The events are acknowledged whatever happens here; a reader folds them later.
                 with contextlib.suppress(LedgerError, sqlite3.Error):
                     self._fold()
+        finally:
+            tail.unlock()
+
+    def _read_run_ids(self, upto: int) -> None:
+        """Add to :attr:`_run_ids` the runs the tables have beyond :attr:`_run_ids_upto` (all of
+        them the first time; afterwards those another process folded), the tables holding every
+        event up to seq ``upto``. Called under the lock, so no fold runs meanwhile."""
+        self._run_ids.update(
+            row[0]
+            for row in self._execute(
+                "SELECT run_id FROM ledger_runs WHERE first_seq > ?", (self._run_ids_upto,)
+            )
+        )
+        self._run_ids_upto = upto
 
     def _catch_up(self) -> None:
         if self._tail.may_hold_events():
@@ -258,6 +279,9 @@ class SqliteLedger(Ledger):
         entries = tail.entries[max(0, database_seq - after_seq) :]
         if entries:
             self._fold_into_tables(entries)
+        if self._run_ids_upto >= after_seq:
+            # The runs of the tables up to the tail's start were known and the tail's are too.
+            self._run_ids_upto = tail.head[0]
         tail.clear()
 
     def _fold_into_tables(self, entries: list[Entry]) -> None:

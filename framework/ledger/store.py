@@ -15,7 +15,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -38,6 +38,7 @@ from framework.ledger.models import (
 
 MAX_PROBLEMS = 100
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}")
+_id_match = _ID_PATTERN.fullmatch
 
 
 class NewEvent(NamedTuple):
@@ -51,6 +52,7 @@ class NewEvent(NamedTuple):
 
 _Prepared = tuple[EventKind, str | None, str | None, dict[str, Any]]
 _KIND_TEXT: dict[EventKind, str] = {kind: str(kind.value) for kind in EventKind}
+_SESSION_KINDS = frozenset({EventKind.session_started, EventKind.session_ended})
 KINDS: dict[str, EventKind] = {text: kind for kind, text in _KIND_TEXT.items()}
 
 
@@ -75,6 +77,10 @@ class _Request:
         self.events: list[LedgerEvent] = []
         self.error: BaseException | None = None
         self.done = False
+        self._signal: Any = None  # made by arm(), only for a request that must wait its turn
+
+    def arm(self) -> None:
+        """Make the signal wait() blocks on; called before anyone can wake this request."""
         self._signal = threading.Lock()  # held until wake(): the cheapest one-shot signal
         self._signal.acquire()
 
@@ -98,10 +104,6 @@ class Entry(NamedTuple):
     payload: dict[str, Any]
 
 
-def _run_ids(entries: Iterable[Entry]) -> Iterator[str]:
-    return (e.run_id for e in entries if e.run_id is not None and e.kind in RUN_EVENT_KINDS)
-
-
 def _submitted_ids(group: list[_Request]) -> set[str]:
     return {
         run_id
@@ -117,10 +119,12 @@ def _chain(
     prev: str,
     ts: str,
     moment: datetime,
-    known: set[str],
+    known: Container[str],
+    chained: Container[str],
 ) -> tuple[list[Entry], list[LedgerEvent], set[str]]:
     """Number and hash one request's events after (seq, prev): its entries, the events to return
-    and the runs they are about. Refuses the request if it submits a run in ``known`` or one it
+    and the runs they are about. Refuses the request if it submits a run in ``known`` (runs with
+    events in the ledger), in ``chained`` (runs of the requests chained before it) or one it
     already has events of.
     The hot loop of appends: names are bound locally and the body is encoded inline (same bytes
     as :func:`canonical_body`)."""
@@ -130,7 +134,9 @@ def _chain(
     runs: set[str] = set()
     for kind, run_id, session_id, payload in prepared:
         if run_id is not None and kind in RUN_EVENT_KINDS:
-            if kind is EventKind.run_submitted and (run_id in known or run_id in runs):
+            if kind is EventKind.run_submitted and (
+                run_id in known or run_id in chained or run_id in runs
+            ):
                 raise LedgerError(
                     f"run {run_id!r} is already in the ledger; a run is submitted once (use a new run id)"
                 )
@@ -193,6 +199,23 @@ def canonical_body(
     )
 
 
+_second: tuple[int, str, datetime] = (-1, "", datetime.min)  # the last second _now() formatted
+
+
+def _now() -> tuple[str, datetime]:
+    """The time now, as stored (what :func:`utc_iso` gives) and as a datetime. Formats each second
+    once: ``isoformat`` costs more than the rest of an event's timestamping."""
+    global _second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second  # read once: another thread may replace it meanwhile
+    if seconds != cached[0]:
+        whole = datetime.fromtimestamp(seconds, UTC)
+        cached = _second = (seconds, whole.isoformat()[:19], whole)  # YYYY-MM-DDTHH:MM:SS
+    _, prefix, w = cached
+    moment = datetime(w.year, w.month, w.day, w.hour, w.minute, w.second, micros, UTC)
+    return f"{prefix}.{micros:06d}+00:00", moment
+
+
 def utc_iso(moment: datetime) -> str:
     """One sortable text form for every stored time: UTC, microseconds, '+00:00'."""
     if moment.tzinfo is None:
@@ -203,7 +226,7 @@ def utc_iso(moment: datetime) -> str:
 
 
 def _check_id(what: str, value: str | None) -> None:
-    if value is not None and not _ID_PATTERN.fullmatch(value):
+    if value is not None and not _id_match(value):
         raise LedgerError(
             f"{what} {value!r} is not a valid id: use 1-200 characters from letters, digits and ._:@+=- "
             "starting with a letter or digit"
@@ -286,14 +309,15 @@ class Ledger(ABC):
     ) -> LedgerEvent:
         """Append one event; it is durable when this returns (see the backend for how durable).
         Threads appending at the same time share one commit (group commit)."""
-        prepared = self._prepare(NewEvent(kind, run_id, session_id, payload or {}))
+        prepared = self._prepare(kind, run_id, session_id, {} if payload is None else payload)
         return self._commit_in_turn(_Request([prepared]))[0]
 
     def append_many(self, items: Iterable[NewEvent | tuple[Any, ...]]) -> list[LedgerEvent]:
         """Append events atomically: all of them or none, durable when this returns.
         Batching is how one writer reaches high rates (one commit per batch, not per event)."""
+        prepare = self._prepare
         prepared = [
-            self._prepare(item if type(item) is NewEvent else NewEvent(*item)) for item in items
+            prepare(*(item if type(item) is NewEvent else NewEvent(*item))) for item in items
         ]
         if not prepared:
             return []
@@ -303,28 +327,32 @@ class Ledger(ABC):
         """Group commit: the request at the front of the queue leads. It commits everything queued
         behind it in one transaction, then wakes each of those (they return) and the request now at
         the front, which leads the next commit. Every thread is woken once per append."""
-        with self._queue_guard:
-            self._queue.append(request)
-            leads = len(self._queue) == 1
+        queue, guard = self._queue, self._queue_guard
+        with guard:
+            queue.append(request)
+            leads = len(queue) == 1
+            if not leads:  # woken only by a leader, which takes the queue under this guard
+                request.arm()
         if not leads:
             request.wait()
         if not request.done:
             group: list[_Request] = []
             try:
                 with self._lock:
-                    with self._queue_guard:  # all that queued while the connection was busy
-                        group = list(self._queue)
+                    with guard:  # all that queued while the connection was busy
+                        group = list(queue)
                     self._commit_group(group)
             finally:
-                with self._queue_guard:
+                with guard:
                     if not group:  # interrupted before it could commit: leave the queue
-                        self._queue.remove(request)
+                        queue.remove(request)
                     for _ in group:
-                        self._queue.popleft()
-                    next_leader = self._queue[0] if self._queue else None
-                for other in group:
-                    if other is not request:
-                        other.wake()
+                        queue.popleft()
+                    next_leader = queue[0] if queue else None
+                if len(group) > 1:
+                    for other in group:
+                        if other is not request:
+                            other.wake()
                 if next_leader is not None:
                     next_leader.wake()
         if request.error is not None:
@@ -332,25 +360,27 @@ class Ledger(ABC):
         return request.events
 
     @staticmethod
-    def _prepare(item: NewEvent) -> _Prepared:
+    def _prepare(
+        kind: EventKind | str, run_id: str | None, session_id: str | None, payload: Any
+    ) -> _Prepared:
         try:
-            kind = KINDS[item.kind]
+            known_kind = KINDS[kind]
         except (KeyError, TypeError):
             known = ", ".join(k.value for k in EventKind)
+            raise LedgerError(f"unknown event kind {kind!r}; expected one of: {known}") from None
+        if run_id is not None:
+            _check_id("run id", run_id)
+        elif known_kind in RUN_EVENT_KINDS:
+            raise LedgerError(f"{known_kind.value} needs a run_id")
+        if session_id is not None:
+            _check_id("session id", session_id)
+        elif known_kind in _SESSION_KINDS:
+            raise LedgerError(f"{known_kind.value} needs a session_id")
+        if type(payload) is not dict and not isinstance(payload, dict):
             raise LedgerError(
-                f"unknown event kind {item.kind!r}; expected one of: {known}"
-            ) from None
-        _check_id("run id", item.run_id)
-        _check_id("session id", item.session_id)
-        if kind in RUN_EVENT_KINDS and item.run_id is None:
-            raise LedgerError(f"{kind.value} needs a run_id")
-        if kind in (EventKind.session_started, EventKind.session_ended) and item.session_id is None:
-            raise LedgerError(f"{kind.value} needs a session_id")
-        if not isinstance(item.payload, dict):
-            raise LedgerError(
-                f"payload of {kind.value} must be a dict, got {type(item.payload).__name__}"
+                f"payload of {known_kind.value} must be a dict, got {type(payload).__name__}"
             )
-        return kind, item.run_id, item.session_id, validate_payload(kind, item.payload)
+        return known_kind, run_id, session_id, validate_payload(known_kind, payload)
 
     def _commit_group(self, group: list[_Request]) -> None:
         """Write the queued requests at once; each gets its events or its error. A request refused
@@ -376,7 +406,9 @@ class Ledger(ABC):
         try:
             self._begin_write()
             seq, prev = self._read_head()
-            chained = self._chain_group(group, seq, prev, self._known_runs(_submitted_ids(group)))
+            chained, _ = self._chain_group(
+                group, seq, prev, self._known_runs(_submitted_ids(group))
+            )
             if chained:
                 self._store([entry for entries in chained for entry in entries])
             self._commit()
@@ -389,26 +421,28 @@ class Ledger(ABC):
         they always are; see ``SqliteLedger``."""
 
     def _chain_group(
-        self, group: list[_Request], seq: int, prev: str, known: set[str]
-    ) -> list[list[Entry]]:
+        self, group: list[_Request], seq: int, prev: str, known: Container[str]
+    ) -> tuple[list[list[Entry]], set[str]]:
         """Number and hash each request's events after (seq, prev), request after request; each
         request gets its events, or its error if it submits a run in ``known`` (runs that already
-        have events; the runs chained here are added to it). Returns the entries of each request
-        that was not refused."""
-        moment = datetime.now(UTC)
-        ts = moment.isoformat(timespec="microseconds")  # what utc_iso gives for a UTC time
+        have events) or one chained before it here. Returns the entries of each request that was
+        not refused, and the runs they are about. ``known`` is not changed."""
+        ts, moment = _now()
         chained: list[list[Entry]] = []
+        runs: set[str] = set()
         for request in group:
             try:
-                entries, events, runs = _chain(request.prepared, seq, prev, ts, moment, known)
+                entries, events, its_runs = _chain(
+                    request.prepared, seq, prev, ts, moment, known, runs
+                )
             except LedgerError as exc:
                 request.error = exc  # refused on its own: the rest of the group goes on
                 continue
             seq, prev = entries[-1].seq, entries[-1].digest
-            known |= runs
+            runs |= its_runs
             request.events = events
             chained.append(entries)
-        return chained
+        return chained, runs
 
     def _known_runs(self, run_ids: set[str]) -> set[str]:
         """Those of ``run_ids`` that the run-state table has."""
@@ -449,12 +483,20 @@ class Ledger(ABC):
                 self._sql("INSERT INTO ledger_events (seq, body, hash) VALUES (?, ?, ?)"),
                 [(e.seq, e.body, e.digest) for e in entries],
             )
-        runs = self._load_docs(set(_run_ids(entries)))
+        # A run whose first event here is its run_submitted has no state yet (a second submission
+        # is refused), so only the others are looked up.
+        first_kinds: dict[str, EventKind] = {}
+        for e in entries:
+            if e.run_id is not None and e.kind in RUN_EVENT_KINDS:
+                first_kinds.setdefault(e.run_id, e.kind)
+        runs = self._load_docs(
+            {run_id for run_id, kind in first_kinds.items() if kind is not EventKind.run_submitted}
+        )
         changed: dict[str, dict[str, Any]] = {}
         for e in entries:
             if e.run_id is not None and e.kind in RUN_EVENT_KINDS:
                 changed[e.run_id] = runs[e.run_id] = fold_run(
-                    runs[e.run_id],
+                    runs.get(e.run_id),
                     seq=e.seq,
                     ts=e.ts,
                     kind=e.kind,

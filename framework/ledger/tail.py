@@ -14,12 +14,17 @@ event and an empty line closes each append. Only bytes up to the last ``\\n\\n``
 cut short by a killed writer (it was never acknowledged) leaves bytes after it, which the next
 holder of the lock cuts off, so a batch is in the file whole or not at all. The header names the
 head the tail continues from, so its first event is checked against the database's head.
+
+Beside it, ``<tail>.version`` holds a 64-bit counter that every process maps into memory. Each
+change to the tail is counted there under the lock before it is made; an appender whose last
+read or write is still the current version knows the file without reading it (no system call).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +56,16 @@ class _Stored(msgspec.Struct):
 _STORED = msgspec.json.Decoder(_Stored)
 
 
+_VERSION_SIZE = 8
+_VERSION_MASK = (1 << 64) - 1
+
+
+def version_path(path: Path) -> Path:
+    """The version file beside the tail: ``ledger.sqlite-tail`` -> ``ledger.sqlite-tail.version``.
+    It holds one 64-bit counter, mapped into every process that has the ledger open."""
+    return path.with_name(path.name + ".version")
+
+
 def header(seq: int, digest: str) -> bytes:
     return b"%s%020d %s\n\n" % (_HEADER_PREFIX, seq, digest.encode())
 
@@ -68,13 +83,32 @@ class Tail:
     """One open tail file. Not thread-safe: the ledger calls it under its own lock. Every method
     but :meth:`may_hold_events` must be called inside :meth:`locked`."""
 
-    def __init__(self, path: Path, *, fsync: bool) -> None:
+    def __init__(self, path: Path, *, fsync: bool, run_ids: set[str] | None = None) -> None:
         self.path = path
         self.fsync = fsync
+        self.run_ids: set[str] = set() if run_ids is None else run_ids
+        """Runs known to have events: every run of an event this tail has read or written is added
+        (and never removed: the events stay in the ledger when the tail is folded)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._fd = os.open(path, flags | os.O_APPEND, 0o666)
         except OSError as exc:
             raise LedgerError(f"cannot open the ledger's tail file {path}: {exc}") from None
+        self._version_fd = -1
+        try:
+            self._version_fd = os.open(version_path(path), flags, 0o666)
+            if os.fstat(self._version_fd).st_size < _VERSION_SIZE:
+                os.ftruncate(self._version_fd, _VERSION_SIZE)  # only ever grows: never SIGBUS
+            self._version_map = mmap.mmap(self._version_fd, _VERSION_SIZE)
+        except OSError as exc:
+            if self._version_fd >= 0:
+                os.close(self._version_fd)
+            os.close(self._fd)
+            raise LedgerError(
+                f"cannot open the ledger's tail version file {version_path(path)}: {exc}"
+            ) from None
+        self._versions = memoryview(self._version_map).cast("Q")
+        self._seen_version = -1  # the version of the file this process's view is of
         self._forget()
 
     def _forget(self) -> None:
@@ -83,11 +117,21 @@ class Tail:
         self._end = 0  # bytes of whole appends seen so far
         self.head: tuple[int, str] = (0, "")  # (seq, hash) of the last event in the ledger
         self.after: tuple[int, str] = (0, "")  # the head the tail continues from
-        self.run_ids: set[str] = set()  # runs known to have events (all those in the tail)
         self.entries: list[Entry] = []  # the events in the tail, in order
 
     def close(self) -> None:
+        self._versions.release()
+        self._version_map.close()
+        os.close(self._version_fd)
         os.close(self._fd)
+
+    def _changing(self) -> int:
+        """Count a change of the file about to be made (under the lock) and return the new
+        version. Counted before it is made, so a writer that dies half-way leaves a version no
+        process has seen."""
+        version = (self._versions[0] + 1) & _VERSION_MASK
+        self._versions[0] = version
+        return version
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -99,14 +143,35 @@ class Tail:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def lock(self) -> None:
+        """Take the lock of :meth:`locked` (the append path: a context manager costs more than
+        the two system calls); release it with :meth:`unlock`."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def may_hold_events(self) -> bool:
         """False only if the tail holds no event (safe without the lock: see docs/ledger.md)."""
         return os.fstat(self._fd).st_size > HEADER_SIZE
 
-    def sync(self, database_head: Callable[[], tuple[int, str]]) -> None:
-        """Bring :attr:`head`, :attr:`run_ids` and :attr:`events` up to date with the file,
+    def sync(
+        self, database_head: Callable[[], tuple[int, str]], *, trust_version: bool = False
+    ) -> None:
+        """Bring :attr:`head`, :attr:`run_ids` and :attr:`entries` up to date with the file,
         reading only what other processes appended since this one last looked. Cuts off the
-        remains of an append whose writer died. ``database_head`` is asked when the tail is empty."""
+        remains of an append whose writer died. ``database_head`` is asked when the tail is empty.
+
+        With ``trust_version`` (the append path), nothing is read when the version file says that
+        no process has changed the tail since this one last read or wrote it: every change is
+        counted there, under the lock, before it is made. Folds read the file regardless, so that
+        they also see edits made without the ledger."""
+        if trust_version and self._header is not None and self._versions[0] == self._seen_version:
+            return
+        self._sync_file(database_head)
+        self._seen_version = self._versions[0]
+
+    def _sync_file(self, database_head: Callable[[], tuple[int, str]]) -> None:
         size = os.fstat(self._fd).st_size
         if (
             self._header is None
@@ -121,6 +186,7 @@ class Tail:
             after = parse_header(first)
             if after is None:
                 if size < HEADER_SIZE:  # the first append's writer died while writing the header
+                    self._changing()
                     os.ftruncate(self._fd, 0)
                     self.head = self.after = database_head()
                     return
@@ -134,10 +200,12 @@ class Tail:
             new = os.pread(self._fd, size - self._end, self._end)
             whole = new.rfind(_END) + len(_END) if _END in new else 0
             if whole < len(new):
+                self._changing()
                 os.ftruncate(self._fd, self._end + whole)  # an append whose writer died mid-write
             self._take(new[:whole])
             self._end += whole
         if not self.entries:  # a header alone (its events were cut off): start afresh
+            self._changing()
             os.ftruncate(self._fd, 0)
             self._forget()
             self.head = self.after = database_head()
@@ -170,10 +238,14 @@ class Tail:
     def append(self, appends: list[list[Entry]], run_ids: set[str]) -> None:
         """Write whole appends in one ``write()``, which must succeed whole; then fsync it if
         this ledger asks for that."""
-        data = b"".join([b"\n".join([e.body for e in entries]) + _END for entries in appends])
+        if len(appends) == 1 and len(appends[0]) == 1:  # one event: the common case
+            data = appends[0][0].body + _END
+        else:
+            data = b"".join([b"\n".join([e.body for e in entries]) + _END for entries in appends])
         if self._header is None:
             self._header = header(*self.head)
             data = self._header + data
+        version = self._changing()
         try:
             written = os.write(self._fd, data)
             if written != len(data):
@@ -188,6 +260,8 @@ class Tail:
                 f"cannot write to the ledger's tail file {self.path}: {exc}; nothing was appended"
             ) from None
         self._end += len(data)
+        if self._seen_version == version - 1:  # what this process saw, plus what it wrote
+            self._seen_version = version
         for entries in appends:
             self.entries.extend(entries)
         last = self.entries[-1]
@@ -200,5 +274,6 @@ class Tail:
 
     def clear(self) -> None:
         """Empty the file once its events are in the tables (and synced to disk)."""
+        self._changing()
         os.ftruncate(self._fd, 0)
         self._forget()

@@ -4,6 +4,11 @@ verification rate. Prints a JSON summary (and a markdown table on stderr).
 
     python -m tests.bench.ledger [--events 1000000] [--threads 8] [--url sqlite:///tmp/x.sqlite]
                                  [--postgres postgresql://user:pw@host/db]
+                                 [--rounds 5] [--reference-only]
+
+It starts with single appends against a reference loop (encode, hash and write each event under
+``flock``, nothing else), alternated over ``--rounds`` on fresh files so that both see the same
+load, and reports their ratio: on a shared machine the ratio is steadier than either rate.
 
 Targets (issue 8): >= 20,000 durable appends/s, filtered list < 50 ms over 1,000,000 events,
 verify >= 500,000 events/s. Every append is acknowledged only once durable: on SQLite its events
@@ -19,6 +24,8 @@ own CPU time is not counted: it is another process).
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
 import resource
@@ -30,6 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from framework.ledger import Ledger, NewEvent, open_ledger
 
@@ -96,6 +105,73 @@ def append_singles(ledger: Ledger, events: list[NewEvent]) -> None:
         ledger.append(
             event.kind, run_id=event.run_id, session_id=event.session_id, payload=event.payload
         )
+
+
+def reference_appends(path: Path, events: list[NewEvent]) -> None:
+    """The least an acknowledged, chained append can cost in Python: per event, encode a body
+    like the ledger's (sorted-key JSON naming the previous hash), hash it and ``write()`` it to a
+    file under an exclusive ``flock``. No validation, no run states, no tables. Our single append
+    is reported as a ratio to this, measured in the same run, because the machine may be loaded."""
+    encode, sha256 = msgspec.json.Encoder(order="sorted").encode, hashlib.sha256
+    flock, write, lock, unlock = fcntl.flock, os.write, fcntl.LOCK_EX, fcntl.LOCK_UN
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    prev = "0" * 64
+    try:
+        for seq, event in enumerate(events, 1):
+            body = encode(
+                {
+                    "seq": seq,
+                    "ts": "2026-11-23T12:00:00.000000+00:00",
+                    "kind": event.kind,
+                    "run_id": event.run_id,
+                    "session_id": event.session_id,
+                    "payload": event.payload,
+                    "prev_hash": prev,
+                }
+            )
+            prev = sha256(body).hexdigest()
+            flock(fd, lock)
+            write(fd, body + b"\n\n")
+            flock(fd, unlock)
+    finally:
+        os.close(fd)
+
+
+def single_vs_reference(
+    directory: Path, events: int, rounds: int, offset: int
+) -> tuple[dict[str, Any], int]:
+    """Single appends (one event per call, ``sync=normal``, folds included) and the reference
+    loop, alternated ``rounds`` times on fresh files so that both see the same load; the best
+    round of each, and the ratio of their CPU costs per event."""
+    ours: list[dict[str, float]] = []
+    reference: list[dict[str, float]] = []
+    for n in range(rounds):
+        batch = run_events(events // 3, offset)
+        offset += len(batch) // 3
+        with open_ledger(f"sqlite:///{directory / f'single-{n}.sqlite'}") as ledger:
+            ours.append(
+                measured(
+                    len(batch),
+                    folded(
+                        ledger, lambda ledger=ledger, batch=batch: append_singles(ledger, batch)
+                    ),
+                )
+            )
+        path = directory / f"reference-{n}"
+        reference.append(
+            measured(len(batch), lambda path=path, batch=batch: reference_appends(path, batch))
+        )
+    best = max(ours, key=lambda r: r["per_cpu_s"])
+    best_reference = max(reference, key=lambda r: r["per_cpu_s"])
+    return {
+        "rounds": rounds,
+        "single": best,
+        "reference": best_reference,
+        "us_per_event": 1e6 / best["per_cpu_s"],
+        "reference_us_per_event": 1e6 / best_reference["per_cpu_s"],
+        "cpu_ratio": best_reference["per_cpu_s"] / best["per_cpu_s"],
+        "wall_ratio": best_reference["per_s"] / best["per_s"],
+    }, offset
 
 
 def append_batches(ledger: Ledger, events: list[NewEvent]) -> None:
@@ -203,6 +279,23 @@ def markdown(results: dict[str, Any]) -> str:
         "| measure | wall rate | CPU rate (process + children) | target |",
         "|---|---|---|---|",
     ]
+    if "reference" in results:
+        ref = results["reference"]
+        for name in ("single", "reference"):
+            r = ref[name]
+            label = (
+                "append, normal, single (best of rounds)"
+                if name == "single"
+                else "reference loop: encode + sha256 + flock + write"
+            )
+            lines.append(
+                f"| {label} ({r['events']:,} events, {1e6 / r['per_cpu_s']:.1f} us CPU/event) "
+                f"| {r['per_s']:,.0f} events/s | {r['per_cpu_s']:,.0f} events/CPU-s | |"
+            )
+        lines.append(
+            f"| single append cost / reference cost | {ref['wall_ratio']:.2f}x wall "
+            f"| {ref['cpu_ratio']:.2f}x CPU | |"
+        )
     for sync, appends in results["append"].items():
         for name, r in appends.items():
             per_commit = (
@@ -212,10 +305,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| append, {sync}, {name.replace('_', ' ')} ({r['events']:,} events{per_commit}) "
                 f"| {r['per_s']:,.0f} events/s | {r['per_cpu_s']:,.0f} events/CPU-s | >= 20,000 |"
             )
-    for name, ms in results["list_ms"].items():
+    for name, ms in results.get("list_ms", {}).items():
         lines.append(
             f"| filtered list over {results['events']:,} events ({name}) | {ms:.1f} ms | | < 50 ms |"
         )
+    if "verify" not in results:
+        return "\n".join(lines)
     v = results["verify"]
     lines.append(
         f"| verify {results['events']:,} events (best of {v['runs']}) | {v['per_s']:,.0f} events/s "
@@ -234,12 +329,26 @@ def main() -> None:
     parser.add_argument(
         "--postgres", help="also measure appends on this PostgreSQL database (an empty schema)"
     )
+    parser.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="only single appends against the reference loop (quick; see single_vs_reference)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of single vs reference")
     args = parser.parse_args()
     results: dict[str, Any] = {"load_average_before": os.getloadavg(), "append": {}}
     with tempfile.TemporaryDirectory() as tmp:
         base = f"sqlite:///{Path(tmp) / 'ledger.sqlite'}"
         url = args.url or base
         offset = 0
+        results["reference"], offset = single_vs_reference(
+            Path(tmp), SINGLE_EVENTS, args.rounds, offset
+        )
+        if args.reference_only:
+            results["load_average_after"] = os.getloadavg()
+            print(json.dumps(results, indent=2))
+            print(markdown(results), file=sys.stderr)
+            return
         full, offset = bench_appends(
             f"sqlite:///{Path(tmp) / 'full.sqlite'}?sync=full",
             args.threads,

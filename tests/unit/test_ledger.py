@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,8 @@ from framework.ledger import (
     RunStatus,
     open_ledger,
 )
-from framework.ledger.models import GENESIS_HASH
-from framework.ledger.store import canonical_body, utc_iso
+from framework.ledger.models import GENESIS_HASH, _validated, validate_payload
+from framework.ledger.store import _now, canonical_body, utc_iso
 
 
 @pytest.fixture
@@ -182,6 +183,70 @@ def test_bad_events_are_refused_with_the_reason_and_nothing_is_written(
     with pytest.raises(LedgerError, match=message.replace("(", r"\(")):
         ledger.append(kind, run_id=run_id, session_id=session_id, payload=payload)
     assert ledger.head() == (0, GENESIS_HASH)
+
+
+class _Label(StrEnum):
+    big = "big"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"experiment": "e", "argv": ["python", "x.py"], "params": {"lr": 0.1, "m": "w"}},
+        {"executor": "slurm", "tags": ["a", "b"], "nodes": [], "slurm_job_id": "12"},
+        {"exit_code": 1, "metrics": {"ppl": 10, "ok": True, "none": None, "deep": {"a": [1, 2.5]}}},
+        {"reason": None, "experiment": None, "array_index": 3},
+        {"extra": {"nested": [{"x": "y"}, [1, [2]]]}, "resources": {"gpus": 2}},
+        {"metrics": {"t": (1, 2)}},  # a tuple: pydantic turns it into a list
+        {"metrics": {"inf": float("inf")}},  # not JSON: pydantic turns it into None
+        {"metrics": {1: "int key"}},  # pydantic makes the key a string
+        {"experiment": _Label.big},  # a str subclass: pydantic makes it a plain str
+        {"exit_code": True},
+        {"exit_code": "3"},
+        {"started_at": "2026-11-23T12:00:00+00:00"},
+        {"started_at": datetime(2026, 11, 23, 12, tzinfo=UTC)},
+        {"gpus": {"model": "H100", "count": 2}},
+        {"gpus": {"count": -1}},
+        {"argv": ["ok", 3]},
+        {"argv": "not a list"},
+        {"params": []},
+        {"unknown_field": 1},
+        {"unknown_none": None},
+    ],
+)
+def test_the_fast_payload_check_gives_what_pydantic_gives(payload: dict[str, object]) -> None:
+    """Run payloads in plain JSON form skip pydantic (see models.validate_payload); the result, or
+    the error, must be the one RunFields gives."""
+    try:
+        expected: object = _validated(EventKind.run_finished, payload)
+    except LedgerError as exc:
+        expected = str(exc)
+    try:
+        got: object = validate_payload(EventKind.run_finished, payload)
+    except LedgerError as exc:
+        got = str(exc)
+    assert got == expected
+    if isinstance(got, dict):
+        assert canonical_body(
+            seq=1, ts="t", kind="k", run_id=None, session_id=None, payload=got, prev_hash="p"
+        ) == canonical_body(
+            seq=1, ts="t", kind="k", run_id=None, session_id=None, payload=expected, prev_hash="p"
+        )
+
+
+def test_a_payload_is_copied_so_later_changes_to_the_callers_dict_change_nothing(
+    ledger: Ledger,
+) -> None:
+    params = {"lr": 0.1}
+    tags = ["a"]
+    event = ledger.append("run_submitted", run_id="r1", payload={"params": params, "tags": tags})
+    params["lr"] = 99
+    tags.append("b")
+    assert event.payload == {"params": {"lr": 0.1}, "tags": ["a"]}
+    run = ledger.run("r1")  # folded from the tail after the caller's change
+    assert (run.params, run.tags) == ({"lr": 0.1}, ["a"])
+    assert ledger.verify().ok
 
 
 def test_session_and_audit_events_take_free_form_payloads(ledger: Ledger) -> None:
@@ -423,3 +488,11 @@ def test_a_refused_request_in_a_group_commit_does_not_sink_the_others(ledger: Le
     assert sorted(r.run_id for r in ledger.runs()) == ["other", "same"]
     report = ledger.verify()
     assert report.ok and report.events == 2
+
+
+def test_the_time_formatted_once_per_second_is_what_utc_iso_gives() -> None:
+    for _ in range(3):
+        ts, moment = _now()
+        assert ts == utc_iso(moment)
+        assert moment.tzinfo is UTC
+        time.sleep(0.4)

@@ -4,7 +4,10 @@ fold into the tables happens once per event whatever dies when."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -183,3 +186,85 @@ def test_sync_full_fsyncs_every_tail_write_and_normal_none(
         for i in range(3):
             submit(ledger, f"r{i}")
         assert len(calls) == fsyncs
+
+
+SECOND_PROCESS = """
+import os, sys
+from framework.ledger import open_ledger
+
+ledger = open_ledger(sys.argv[1])
+ledger.append("run_submitted", run_id="folded", payload={"experiment": "tail"})
+ledger.head()  # folds it into the tables
+ledger.append("run_submitted", run_id="in-tail", payload={"experiment": "tail"})
+os._exit(0)  # dies without closing: "in-tail" stays in the tail file
+"""
+
+
+def test_duplicate_submission_from_a_second_process_is_still_refused(
+    ledger: Ledger, url: str
+) -> None:
+    """This ledger reads the runs it knows of once; a run another process submitted afterwards
+    is refused here whether that process folded it into the tables or left it in the tail."""
+    submit(ledger, "mine")  # reads the known runs now
+    subprocess.run(
+        [sys.executable, "-c", SECOND_PROCESS, url],
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    for run_id in ("mine", "folded", "in-tail"):
+        with pytest.raises(LedgerError, match="already in the ledger"):
+            submit(ledger, run_id)
+    submit(ledger, "new")
+    assert [r.run_id for r in ledger.runs()] == ["mine", "folded", "in-tail", "new"]
+    assert ledger.verify().ok
+
+
+def test_a_run_folded_by_this_ledger_is_still_refused_without_reading_the_tables_again(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit(ledger, "r1")
+    ledger.head()  # folds
+    queries: list[str] = []
+    real = ledger._execute  # type: ignore[attr-defined]
+    monkeypatch.setattr(ledger, "_execute", lambda sql, *a: queries.append(sql) or real(sql, *a))
+    with pytest.raises(LedgerError, match="already in the ledger"):
+        submit(ledger, "r1")
+    assert not [q for q in queries if "ledger_runs" in q]
+
+
+def test_appends_skip_reading_the_tail_while_no_other_process_changed_it(
+    ledger: Ledger, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit(ledger, "r0")
+    reads: list[str] = []
+    real_fstat, real_pread = tail_module.os.fstat, tail_module.os.pread
+    monkeypatch.setattr(tail_module.os, "fstat", lambda fd: reads.append("fstat") or real_fstat(fd))
+    monkeypatch.setattr(
+        tail_module.os, "pread", lambda fd, n, at: reads.append("pread") or real_pread(fd, n, at)
+    )
+    for i in range(1, 5):
+        submit(ledger, f"r{i}")
+    assert reads == []
+    with open_ledger(url) as other:
+        submit(other, "o1")  # changes the tail: counted in the version file
+    submit(ledger, "r5")  # so this one reads what the other wrote (and chains onto it)
+    assert "pread" in reads
+    assert ledger.head()[0] == 7
+    assert ledger.verify().ok
+
+
+def test_a_writer_that_dies_after_counting_its_change_makes_the_others_read_the_tail(
+    ledger: Ledger, url: str
+) -> None:
+    """A change is counted before it is made: bytes a killed writer left are seen (and cut off)."""
+    submit(ledger, "r1")
+    dying = tail_module.Tail(tail_path(Path(url.removeprefix("sqlite://"))), fsync=False)
+    with dying.locked():
+        dying._changing()
+        os.write(dying._fd, b'{"seq":2,"ts":"2026')  # and killed here
+    dying.close()
+    submit(ledger, "r2")
+    assert b'"seq":2,"ts":"2026"' not in tail_bytes(url)
+    assert [e.run_id for e in ledger.events()] == ["r1", "r2"]
+    assert ledger.verify().ok
