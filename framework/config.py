@@ -198,6 +198,12 @@ class ClusterSettings(_Section):
         "snapshot of the workspace (required: a node without bwrap fails the run), or off "
         "(jobs run unsandboxed as the broker's user; only for trusted code)",
     )
+    job_runtime: Literal["bwrap", "docker"] = Field(
+        default="bwrap",
+        description="what sandboxes each job on its node when job_sandbox is required: bwrap, or "
+        "docker (a container of sandbox.image with the protections of a Docker session; the "
+        "node needs the docker CLI and engine)",
+    )
     local_devices: list[str] = Field(
         default_factory=list, description="GPU ids the local executor schedules onto"
     )

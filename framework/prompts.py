@@ -86,6 +86,7 @@ class ClusterContext(BaseModel):
     max_nodes: int
     max_array: int
     job_sandbox: str
+    job_runtime: str
 
 
 class CommandContext(BaseModel):

@@ -51,14 +51,14 @@ from framework.dispatch.models import (
     SimpleOp,
     SubmitOp,
     WaitOp,
+    bounded_copy,
     describe_validation_error,
     resolve_cwd,
     utcnow,
 )
-from framework.dispatch.runner import TASK_FILE, log_name, write_json_atomic
+from framework.dispatch.runner import DIFF_NAME, log_name, prepare_run_dir, write_json_atomic
 from framework.dispatch.slurm import TERMINAL_SLURM_STATES, SlurmBackend, SlurmError
 from framework.dispatch.snapshot import (
-    DIFF_NAME,
     Snapshot,
     SnapshotError,
     is_git_workspace,
@@ -80,6 +80,7 @@ MAX_METRICS_BYTES = 1 << 20
 MAX_ARTIFACTS_LISTED = 1000
 
 _OPS: TypeAdapter[Any] = TypeAdapter(BrokerOp)
+_PER_RUN = {"run_id", "array_index", "argv", "run_dir"}
 
 
 class BrokerError(RuntimeError):
@@ -102,6 +103,16 @@ class DispatchPaths:
     def groups(self) -> Path:
         """One file per submission holding all its records as submitted (one fsync per submit)."""
         return self.root / "groups"
+
+    def submission(self, group: str) -> Path:
+        return self.groups / f"{group}.json"
+
+    def job_ids(self, group: str) -> Path:
+        """The Slurm job ids of a submission's runs, in order (written once sbatch answers)."""
+        return self.groups / f"{group}.jobids"
+
+    def diff(self, group: str) -> Path:
+        return self.groups / f"{group}.diff"
 
     @property
     def snapshots(self) -> Path:
@@ -147,10 +158,6 @@ def new_group_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def master_port(run_id: str) -> int:
-    return 20000 + int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) % 20000
-
-
 class _LedgerSink:
     """Writes run events, each kind at most once per run (restart-safe)."""
 
@@ -193,6 +200,17 @@ class _LedgerSink:
         ]
         self.ledger.append_many(events)
 
+    def rejected(self, payload: dict[str, Any]) -> None:
+        """A refused request; a ledger that cannot take it must not turn the refusal into a crash
+        (the broker's ``rejected.jsonl`` still has it)."""
+        from framework.ledger import EventKind
+
+        # Any backend error (sqlite3, psycopg, a full disk): the answer to the client goes out.
+        with contextlib.suppress(Exception):
+            self.ledger.append(
+                EventKind.request_rejected, session_id=self.session_id, payload=payload
+            )
+
     def close(self) -> None:
         self.ledger.close()
 
@@ -232,6 +250,8 @@ class Broker:
         self._tokens: dict[str, str] = {}
         self._slurm_terminal_seen: dict[str, float] = {}
         self._own_record_file: set[str] = set()
+        self._submissions: dict[str, dict[str, Any]] = {}
+        self._positions: dict[str, int] = {}
         self._stopping = threading.Event()
         cluster = settings.cluster
         self.executor = cluster.executor
@@ -315,8 +335,6 @@ class Broker:
             records: list[RunRecord] = []
             for index in indices:
                 run_id = group if index is None else f"{group}.{index}"
-                run_dir = self.paths.runs / run_id
-                run_dir.mkdir(parents=True)
                 record = RunRecord(
                     run_id=run_id,
                     group_id=group,
@@ -328,26 +346,33 @@ class Broker:
                     resources=request.resources,
                     tags=list(request.tags),
                     executor=self.executor,
-                    run_dir=str(run_dir),
+                    run_dir=str(self.paths.runs / run_id),  # made when the run starts
                     session_id=self.session_id,
                     client_token=request.client_token,
                     git_commit=snapshot.commit if snapshot else None,
                     diff_hash=snapshot.diff_sha256 if snapshot else None,
                     snapshot_tree=snapshot.tree if snapshot else None,
                     sandbox=plan["runtime"] if plan else None,
+                    sandbox_image=plan.get("image") if plan else None,
                 )
-                self._write_task(record, devices=None, plan=plan)
                 records.append(record)
-            if snapshot is not None:
-                snapshot.store_diff([Path(r.run_dir) for r in records])
-            self._save_group(group, records)
+            submission = self._submission(group, records, snapshot, plan)
+            write_json_atomic(self.paths.submission(group), submission)
+            self._submissions[group] = submission
             self._groups[group] = [r.run_id for r in records]
             if request.client_token:
                 self._tokens[request.client_token] = group
-            for record in records:
+            for position, record in enumerate(records):
                 self._records[record.run_id] = record
-            self.ledger.submitted_many([(r, self._submitted_payload(r)) for r in records])
-        self._dispatch(group, records)
+                self._positions[record.run_id] = position
+            submitted = [(r, self._submitted_payload(r)) for r in records]
+            if self.executor == "local":  # a local run may start at once: the ledger comes first
+                self.ledger.submitted_many(submitted)
+        if self.executor == "local":
+            for record in records:
+                self._queue_local(record)
+        else:
+            self._submit_to_slurm(group, records, submitted)
         return {"group": group, "runs": [r.run_id for r in records]}
 
     def lookup(self, run: str) -> list[RunRecord]:
@@ -476,34 +501,67 @@ class Broker:
             )
             raise RequestError(field, str(exc)) from None
 
-    def _dispatch(self, group: str, records: list[RunRecord]) -> None:
-        if self.executor == "local":
-            for record in records:
-                self._queue_local(record)
-            return
+    def _submit_to_slurm(
+        self,
+        group: str,
+        records: list[RunRecord],
+        submitted: list[tuple[RunRecord, dict[str, Any]]],
+    ) -> None:
+        """sbatch, with the ledger transaction written meanwhile (submitit's files and sbatch
+        mostly wait on the file system, which leaves the interpreter to the ledger). The submit is
+        answered only once both are done; the watcher looks at a run only once it has its job id,
+        which is after the ledger has its ``run_submitted``."""
         assert self.slurm is not None
+        ledger_error: list[BaseException] = []
+
+        def record_submitted() -> None:
+            try:
+                self.ledger.submitted_many(submitted)
+            except BaseException as exc:  # re-raised in the submitting thread below
+                ledger_error.append(exc)
+
+        recording = threading.Thread(target=record_submitted, name="broker-ledger")
+        recording.start()
         try:
             job_ids = self.slurm.submit(
                 group,
-                [Path(r.run_dir) for r in records],
+                self.paths.submission(group),
+                len(records),
                 records[0].resources,
                 records[0].name or "remote-run",
             )
         except SlurmError as exc:
+            recording.join()  # the failures follow their run_submitted
             for record in records:
                 self._finalize(record, [], external="FAILED", why=str(exc))
             raise
+        recording.join()
+        if ledger_error:
+            # Nothing may run that the ledger does not know of.
+            self.slurm.cancel(job_ids)
+            with self._lock:
+                for record in records:
+                    record.state, record.reason = RunState.failed, "not recorded in the ledger"
+                    self._save(record, fsync=False)
+                os.sync()
+            raise BrokerError(
+                f"the ledger refused the submission ({ledger_error[0]}); its Slurm jobs were "
+                "cancelled. Check the ledger (`agentic-researcher ledger verify`) and submit again"
+            )
         with self._lock:
             for record, job_id in zip(records, job_ids, strict=True):
                 record.slurm_job_id = job_id
-            self._save_group(group, records)
+            write_json_atomic(self.paths.job_ids(group), job_ids)
             for record in records:
                 if record.run_id in self._own_record_file:
                     self._save(record)  # saved on its own before the job id was known
 
     def _queue_local(self, record: RunRecord) -> None:
+        submission = self._submissions[record.group_id]
+        position = self._positions[record.run_id]
+
         def prepare(devices: list[str]) -> None:
-            self._write_task(record, devices)
+            prepare_run_dir(submission, position, devices)
 
         self.local.submit(record.run_id, Path(record.run_dir), record.resources.gpus, prepare)
 
@@ -518,31 +576,29 @@ class Broker:
         except OSError as exc:
             raise BrokerError(f"cannot snapshot the workspace (is git installed?): {exc}") from None
 
-    def _write_task(
-        self, record: RunRecord, devices: list[str] | None, plan: dict[str, Any] | None = None
-    ) -> None:
-        """Write a new run's ``task.json``, or (``plan`` None) update the devices of an existing one."""
-        path = Path(record.run_dir) / TASK_FILE
-        if plan is None and path.is_file():
-            task = json.loads(path.read_text())
-            task["devices"] = devices if record.executor == "local" else None
-            write_json_atomic(path, task, fsync=False)
-            return
-        time_minutes = record.resources.time_minutes or self.settings.cluster.time_minutes
-        task = {
-            "run_id": record.run_id,
-            "run_dir": record.run_dir,
-            "argv": record.argv,
-            "cwd": record.cwd,
-            "env": record.env,
-            "array_index": record.array_index,
-            "master_port": master_port(record.run_id),
-            "devices": devices if record.executor == "local" else None,
-            "time_limit_s": time_minutes * 60 if record.executor == "local" else None,
+    def _submission(
+        self,
+        group: str,
+        records: list[RunRecord],
+        snapshot: Snapshot | None,
+        plan: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """One file per submission, ``dispatch/groups/<group>.json``: the records as submitted (what
+        the runs share once, what differs per run) and what a node needs to start any of them
+        (runner.task_of). One write and one fsync for an array of any size."""
+        first = records[0]
+        time_minutes = first.resources.time_minutes or self.settings.cluster.time_minutes
+        diff = snapshot.store_diff(self.paths.diff(group)) if snapshot is not None else None
+        return {
+            "record": first.model_dump(mode="json", exclude=_PER_RUN),
+            "runs": [
+                {"run_id": r.run_id, "array_index": r.array_index, "argv": r.argv} for r in records
+            ],
+            "runs_dir": str(self.paths.runs),
+            "diff": str(diff) if diff is not None else None,
             "sandbox": plan,
+            "time_limit_s": time_minutes * 60 if self.executor == "local" else None,
         }
-        # A fresh directory nobody reads until the run is queued: no rename needed.
-        path.write_text(json.dumps(task))
 
     def _submitted_payload(self, record: RunRecord) -> dict[str, Any]:
         return {
@@ -564,6 +620,7 @@ class Broker:
                 if record.snapshot_tree
                 else None,
                 "sandbox": record.sandbox,
+                "sandbox_image": record.sandbox_image,
             },
         }
 
@@ -575,12 +632,6 @@ class Broker:
             self.paths.records / f"{record.run_id}.json", record.model_dump(mode="json"), fsync
         )
         self._own_record_file.add(record.run_id)
-
-    def _save_group(self, group: str, records: list[RunRecord]) -> None:
-        """All records of one submission in one file: one fsync for an array of any size."""
-        write_json_atomic(
-            self.paths.groups / f"{group}.json", [r.model_dump(mode="json") for r in records]
-        )
 
     def _mark_started(
         self, record: RunRecord, nodes: list[str], devices: list[str], pid: int | None
@@ -795,17 +846,39 @@ class Broker:
                     self._finalize(record, exits, external=state)
                 else:
                     self._finalize(record, exits, external=None if complete else state)
+        # Pending tasks we cancelled can stay missing from sacct for a long while (slurmdbd is
+        # slow to hear of them); once squeue no longer lists them either, they never ran.
+        unseen = [
+            r
+            for r in active
+            if r.slurm_job_id not in states
+            and r.state is RunState.queued
+            and r.reason == "cancelled on request"
+        ]
+        if unseen:
+            queued = self.slurm.in_queue([r.slurm_job_id for r in unseen if r.slurm_job_id])
+            if queued is not None:
+                self._cancel_unstarted([r for r in unseen if r.slurm_job_id not in queued])
 
     def _recover(self) -> None:
         """Reload the records of an earlier broker process and resume watching its runs."""
         by_id: dict[str, RunRecord] = {}
         for path in sorted(self.paths.groups.glob("*.json")):
             try:
-                for item in json.loads(path.read_text()):
-                    record = RunRecord.model_validate(item)
-                    by_id[record.run_id] = record
-            except (OSError, ValueError, TypeError):
+                submission = json.loads(path.read_text())
+                records = _records_of(submission)
+                job_ids_file = self.paths.job_ids(path.stem)
+                job_ids = json.loads(job_ids_file.read_text()) if job_ids_file.is_file() else None
+            except (OSError, ValueError, TypeError, KeyError):
                 continue
+            self._submissions[path.stem] = submission
+            if job_ids is not None and len(job_ids) != len(records):
+                job_ids = None  # not ours: such runs are recorded failed below
+            for position, record in enumerate(records):
+                if job_ids is not None:
+                    record.slurm_job_id = job_ids[position]
+                by_id[record.run_id] = record
+                self._positions[record.run_id] = position
         for path in sorted(self.paths.records.glob("*.json")):
             try:
                 record = RunRecord.model_validate_json(path.read_text())
@@ -837,6 +910,8 @@ class Broker:
                 self._local_exited(record.run_id, None)
 
     def _log_rejected(self, raw: bytes, exc: RequestError) -> None:
+        """Put a refused request on record: in the ledger (``request_rejected``, with a bounded
+        copy of the request) and in ``rejected.jsonl``, which keeps it if the ledger cannot."""
         entry = {
             "time": utcnow().isoformat(),
             "field": exc.field,
@@ -848,6 +923,24 @@ class Broker:
         }
         with self._lock, self.paths.rejected_log.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
+        payload = {
+            "field": exc.field,
+            "reason": exc.message,
+            "bytes": len(raw),
+            "sha256": entry["sha256"],
+            "request": bounded_copy(raw),
+        }
+        self.ledger.rejected(payload)
+
+
+def _records_of(submission: dict[str, Any]) -> list[RunRecord]:
+    common = submission["record"]
+    return [
+        RunRecord.model_validate(
+            {**common, **run, "run_dir": os.path.join(submission["runs_dir"], run["run_id"])}
+        )
+        for run in submission["runs"]
+    ]
 
 
 def _expand_nodes(node_list: str) -> list[str]:

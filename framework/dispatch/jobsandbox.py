@@ -1,13 +1,14 @@
-"""Jobs run inside a bubblewrap sandbox on the node: the agent's code is no more trusted there.
+"""Jobs run inside a sandbox on the node (bubblewrap, or a Docker container with
+``cluster.job_runtime = "docker"``): the agent's code is no more trusted there.
 
 Split in two so that starting a job stays cheap:
 
 - the broker (:func:`sandbox_plan`, at submit time, pydantic already loaded) turns the request into
-  a :class:`~framework.sandbox.spec.SandboxSpec` and lets the bwrap backend build the command line
-  once per submission, minus what only the node knows;
-- the runner (:func:`wrap_in_sandbox`, standard library only) adds the run directory, the GPU
-  device nodes present on the node and the job's environment, and checks again that no mounted
-  path has been swapped for a symlink since submission.
+  a :class:`~framework.sandbox.spec.SandboxSpec` and builds the runtime's command line (``bwrap``
+  from the bwrap backend, or ``docker run``) once per submission, minus what only the node knows;
+- the runner (:func:`wrap_in_sandbox`, standard library only) adds the run directory, the GPUs of
+  the node and the job's environment, and checks again that no mounted path has been swapped for a
+  symlink since submission.
 
 What a job sees: the workspace snapshot (see snapshot.py) read-only at the workspace's own path,
 the workspace's git-ignored paths read-only from the live workspace, its run directory read-write,
@@ -28,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 if TYPE_CHECKING:
     from framework.config import Settings
     from framework.dispatch.snapshot import Snapshot
+    from framework.sandbox.spec import SandboxSpec
 
 JobSandboxMode = Literal["required", "off"]
 # The default (settings.cluster.job_sandbox = "required") treats the agent as untrusted: its jobs
-# run sandboxed unless the user turns that off, and a node without bwrap fails the run.
+# run sandboxed unless the user turns that off, and a node without the runtime fails the run.
+JobRuntime = Literal["bwrap", "docker"]
 
-RUNTIME = "bwrap"
 INSIDE_HOME = "/home/agent"
 ARGV_PLACEHOLDER = "__AR_JOB_ARGV__"
 _ROOT_RO = ("--remount-ro", "/")
@@ -46,10 +48,13 @@ class JobSandboxError(RuntimeError):
 class WrappedJob(NamedTuple):
     argv: list[str]
     env: dict[str, str]
-    """Environment of the bwrap process itself (the job's is passed with --setenv)."""
+    """Environment of the runtime's process itself (bwrap: only PATH, the job's is passed with
+    --setenv; docker: the values of the variables that ``--env NAME`` names)."""
     cwd: str
     info: dict[str, Any]
     """What the runner records in ``started.<rank>.json``."""
+    stop: list[str] | None = None
+    """Run this after killing ``argv`` to end the job for good (a container outlives its client)."""
 
 
 def job_sandbox_mode(settings: Settings) -> JobSandboxMode:
@@ -93,6 +98,8 @@ def sandbox_plan(
     from framework.sandbox.bwrap import BwrapRuntime
     from framework.sandbox.spec import BindMount, SandboxSpec
 
+    runtime: JobRuntime = settings.cluster.job_runtime
+
     source = snapshot.root if snapshot is not None else workspace
     mounts = [BindMount(source=source, target=workspace, read_only=True)]
     checked = [str(workspace)]
@@ -103,12 +110,18 @@ def sandbox_plan(
     for mount in settings.sandbox.mounts:
         target = mount.target or mount.source
         mounts.append(BindMount(source=mount.source, target=target, read_only=mount.read_only))
-    uid, gid = sandbox_ids()
+    if runtime == "docker":
+        from framework.sandbox.launch import sandbox_ids as container_ids
+
+        uid, gid = container_ids("docker", workspace)  # as a Docker session would run
+    else:
+        uid, gid = sandbox_ids()
     # Ranks of a multi-task job are separate sandboxes that must reach each other (MASTER_ADDR):
     # they share the node's network; a single-task job gets loopback only.
     network = "none" if world_size == 1 else "open"
     spec = SandboxSpec(
         argv=[ARGV_PLACEHOLDER],
+        image=settings.sandbox.image if runtime == "docker" else None,
         workdir=cwd,
         mounts=sorted(mounts, key=lambda m: len(m.target.parts)),
         uid=uid,
@@ -117,15 +130,62 @@ def sandbox_plan(
         network=network,
         hostname=socket.gethostname()[:63] or "node",
     )
-    template = BwrapRuntime().argv(spec, None, etc_dir)
-    return {
-        "runtime": RUNTIME,
-        "template": template,
+    plan: dict[str, Any] = {
+        "runtime": runtime,
         "checked_paths": checked,
         "workspace": str(workspace),
         "snapshot": str(snapshot.root) if snapshot is not None else None,
         "network": network,
     }
+    if runtime == "docker":
+        from framework.sandbox.launch import SANDBOX_PATH
+
+        return {
+            **plan,
+            "template": docker_template(spec),
+            "image": spec.image,
+            "uid": uid,
+            "gid": gid,
+            "path": SANDBOX_PATH,
+        }
+    return {**plan, "template": BwrapRuntime().argv(spec, None, etc_dir)}
+
+
+def docker_template(spec: SandboxSpec) -> list[str]:
+    """``docker run`` for a job, with the isolation of a Docker session (framework.sandbox.docker):
+    all capabilities dropped but the three the image's entrypoint needs to become ``spec.uid`` for
+    good, no-new-privileges, an init, a private IPC namespace, a process limit, no network (or the
+    host's for multi-task jobs), no Docker socket, nothing of the host home. The command line names
+    variables (``--env NAME``); their values travel in the client's environment, never in argv."""
+    from framework.sandbox.docker import ENTRYPOINT_CAPS
+
+    assert spec.image is not None
+    args = ["docker", "run", "--rm", "--init", "--cap-drop=ALL"]
+    args += [f"--cap-add={cap}" for cap in ENTRYPOINT_CAPS]
+    args += ["--security-opt=no-new-privileges", "--ipc=private", f"--hostname={spec.hostname}"]
+    args += ["--network=host" if spec.network == "open" else "--network=none"]
+    if spec.resources.pids is not None:
+        args.append(f"--pids-limit={spec.resources.pids}")
+    for tmpfs in ("/tmp", str(spec.home)):
+        args.append(f"--tmpfs={tmpfs}:rw,nosuid,nodev,mode=1777")
+    args += [f"--workdir={spec.workdir}", "--label=agentic-researcher=1"]
+    for mount in spec.mounts:
+        args.append(docker_bind(str(mount.source), str(mount.target), mount.read_only))
+    args += ["--env=AR_UID", "--env=AR_GID", spec.image, *spec.argv]
+    return args
+
+
+def docker_bind(source: str, target: str, read_only: bool) -> str:
+    """One ``--mount`` option. Docker reads its value as a CSV record: a path holding a comma or a
+    quote is quoted, so it cannot add options of its own (``,readonly=false``)."""
+
+    def field(text: str) -> str:
+        if not any(c in text for c in ',"\r\n'):
+            return text
+        return '"' + text.replace('"', '""') + '"'
+
+    fields = ["type=bind", field(f"src={source}"), field(f"dst={target}")]
+    return "--mount=" + ",".join(fields + (["readonly"] if read_only else []))
 
 
 def _refuse_symlinked(path: Path, workspace: Path) -> None:
@@ -142,19 +202,25 @@ def _refuse_symlinked(path: Path, workspace: Path) -> None:
 
 
 def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, Any]) -> WrappedJob:
-    """The runner's side: the bwrap command line for this rank on this node."""
+    """The runner's side: the sandbox's command line for this rank on this node."""
     plan = task["sandbox"]
-    binary = shutil.which("bwrap")
+    runtime = plan.get("runtime", "bwrap")
+    binary = shutil.which(runtime)
     if binary is None:
+        other = "docker" if runtime == "bwrap" else "bwrap"
         raise JobSandboxError(
-            f"jobs run sandboxed (cluster.job_sandbox = 'required') but bwrap is not installed on "
-            f"node {socket.gethostname()}: install bubblewrap there, or set "
-            "cluster.job_sandbox = 'off' to run jobs unsandboxed"
+            f"jobs run sandboxed in {runtime} (cluster.job_sandbox = 'required', "
+            f"cluster.job_runtime = '{runtime}') but {runtime} is not installed on node "
+            f"{socket.gethostname()}: install {'bubblewrap' if runtime == 'bwrap' else 'docker'} "
+            f"there, set cluster.job_runtime = '{other}', or set cluster.job_sandbox = 'off' to "
+            "run jobs unsandboxed"
         )
-    template: list[str] = list(plan["template"])
     workspace = Path(plan["workspace"])
     for checked in plan["checked_paths"]:
         _refuse_symlinked(Path(checked), workspace)
+    if runtime == "docker":
+        return _wrap_in_docker(binary, argv, env, task)
+    template: list[str] = list(plan["template"])
     try:
         clear = template.index("--clearenv")
         root_ro = max(i for i in range(clear) if tuple(template[i : i + 2]) == _ROOT_RO)
@@ -189,10 +255,78 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
         *template[placeholder + 1 :],
     ]
     info = {
-        "runtime": RUNTIME,
+        "runtime": "bwrap",
         "network": plan["network"],
         "snapshot": plan["snapshot"],
         "gpu_device_nodes": gpu_nodes,
     }
     # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing.
     return WrappedJob(wrapped, {"PATH": "/usr/bin:/bin"}, run_dir, info)
+
+
+def _wrap_in_docker(
+    binary: str, argv: list[str], env: Mapping[str, str], task: Mapping[str, Any]
+) -> WrappedJob:
+    """``docker run`` for this rank: the run directory, its GPUs and its environment added."""
+    plan = task["sandbox"]
+    template: list[str] = list(plan["template"])
+    placeholder = template.index(ARGV_PLACEHOLDER)  # [..., image, placeholder]
+    run_dir = str(task["run_dir"])
+    uid, gid = int(plan["uid"]), int(plan["gid"])
+    if os.getuid() == 0:  # the job writes its run dir as uid, which containers do not remap
+        for path in (run_dir, os.path.join(run_dir, "artifacts")):
+            os.chown(path, uid, gid)
+    name = f"ar-{task['run_id']}-{env.get('RANK', '0')}"
+    node_specific = [
+        f"--name={name}",
+        f"--label=agentic-researcher.run={task['run_id']}",
+        docker_bind(run_dir, run_dir, read_only=False),
+    ]
+    inside_env = {
+        **env,
+        "HOME": INSIDE_HOME,
+        "USER": "agent",
+        "LOGNAME": "agent",
+        "TMPDIR": "/tmp",
+        "PATH": str(plan["path"]),
+    }
+    gpus = _node_gpu_ids(env)
+    if gpus and nvidia_present():
+        node_specific.append(f'--gpus="device={",".join(gpus)}"')
+        # The container sees only these GPUs, numbered from 0.
+        inside_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(gpus)))
+    else:
+        gpus = []
+    node_specific += [f"--env={variable}" for variable in sorted(inside_env)]
+    wrapped = [binary, *template[1 : placeholder - 1], *node_specific, template[placeholder - 1]]
+    wrapped += [*argv, *template[placeholder + 1 :]]
+    client_env = {**inside_env, "AR_UID": str(uid), "AR_GID": str(gid)}
+    for variable in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG"):
+        if variable in os.environ:
+            client_env[variable] = os.environ[variable]
+    info = {
+        "runtime": "docker",
+        "image": plan["image"],
+        "container": name,
+        "network": plan["network"],
+        "snapshot": plan["snapshot"],
+        "gpus": gpus,
+    }
+    stop = [binary, "rm", "--force", name]
+    return WrappedJob(wrapped, client_env, run_dir, info, stop)
+
+
+def _node_gpu_ids(env: Mapping[str, str]) -> list[str]:
+    """Host GPU ids of this rank: Slurm's own list (CUDA_VISIBLE_DEVICES may be renumbered inside
+    the job's cgroup, which the Docker daemon is not in), else CUDA_VISIBLE_DEVICES."""
+    for variable in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = env.get(variable) or os.environ.get(variable)
+        if value:
+            return [part for part in value.split(",") if part]
+    return []
+
+
+def nvidia_present() -> bool:
+    from framework.sandbox.gpu import nvidia_device_nodes
+
+    return bool(nvidia_device_nodes()[0])

@@ -7,6 +7,7 @@ additions from a fixed allowlist; bounded resources and sizes. Extra fields are 
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -180,6 +181,57 @@ class RequestError(ValueError):
         self.message = message
 
 
+REJECTED_COPY_CHARS = 2000
+"""How much of a rejected request the ledger keeps: it is hostile input of up to 256 KiB."""
+REJECTED_COPY_DEPTH = 8
+REJECTED_COPY_STRING = 500
+
+
+def bounded_copy(raw: bytes, budget: int = REJECTED_COPY_CHARS) -> Any:
+    """A copy of a rejected request that holds at most ``budget`` characters of its content.
+
+    A request that parses as JSON keeps its shape (an auditor sees which op, which cwd, which argv);
+    long strings are cut and the rest of a long list or object is replaced by a count (the budget
+    can be overrun by one short item per nesting level). Anything
+    else is kept as the first ``budget`` characters of its text."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = raw.decode("utf-8", errors="replace")
+        return text if len(text) <= budget else f"{text[:budget]}... ({len(text)} characters)"
+    left = [budget]
+
+    def cut(item: Any, depth: int = 0) -> Any:
+        if depth > REJECTED_COPY_DEPTH and isinstance(item, (list, dict)):
+            left[0] -= 8
+            return f"... (nested deeper than {REJECTED_COPY_DEPTH})"
+        if isinstance(item, str):
+            # Every string keeps a little (a key stays readable), none takes the whole budget.
+            kept = item[: min(max(left[0], 32), REJECTED_COPY_STRING)]
+            left[0] -= len(kept) + 2
+            return kept if len(kept) == len(item) else f"{kept}... ({len(item)} characters)"
+        if isinstance(item, list):
+            out: list[Any] = []
+            for position, element in enumerate(item):
+                if left[0] <= 0:
+                    out.append(f"... ({len(item) - position} more items)")
+                    break
+                out.append(cut(element, depth + 1))
+            return out
+        if isinstance(item, dict):
+            kept_items: dict[str, Any] = {}
+            for position, (key, element) in enumerate(item.items()):
+                if left[0] <= 0:
+                    kept_items["..."] = f"{len(item) - position} more fields"
+                    break
+                kept_items[str(cut(key, depth + 1))] = cut(element, depth + 1)
+            return kept_items
+        left[0] -= 8
+        return item
+
+    return cut(value)
+
+
 def describe_validation_error(exc: ValidationError) -> RequestError:
     """The first error, as 'field: why', in words a script author can act on."""
     err = exc.errors()[0]
@@ -250,6 +302,7 @@ class RunRecord(BaseModel):
         default=None, description="git tree of the workspace at submit (see snapshot.py)"
     )
     sandbox: str | None = Field(default=None, description="runtime the job runs in, None: none")
+    sandbox_image: str | None = Field(default=None, description="its image (docker), else None")
     state: RunState = RunState.queued
     submitted_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -1,16 +1,19 @@
 """Runs one rank of one run on the node: argv without a shell, a clean environment, logs in the run dir.
 
 Started as ``python -m framework.dispatch.runner RUN_DIR`` by the local scheduler (in its own session,
-so it survives a broker restart), or called as :func:`slurm_entry` by submitit on a Slurm node. It
-reads ``task.json`` (written by the broker), writes ``started.<rank>.json`` when the process starts
+so it survives a broker restart) once the broker has made the run dir (:func:`prepare_run_dir`), or
+called as :func:`slurm_entry` by submitit on a Slurm node, which makes the run dir itself from the
+submission's file. It runs ``task.json``, writes ``started.<rank>.json`` when the process starts
 and ``exit.<rank>.json`` when it ends; the broker turns those into ledger events. Stdlib only: it
 runs in whatever Python the node has, importing nothing heavy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 TASK_FILE = "task.json"
+DIFF_NAME = "snapshot.diff"
 PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME", "HOME", "TMPDIR")
 """With the SLURM_* allocation variables, the only host variables a job inherits: host secrets (API
 keys, tokens) never reach agent code."""
@@ -48,6 +52,51 @@ def write_json_atomic(path: Path, data: object, fsync: bool = True) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def master_port(run_id: str) -> int:
+    return 20000 + int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) % 20000
+
+
+def task_of(
+    submission: Mapping[str, Any], position: int, devices: list[str] | None
+) -> dict[str, Any]:
+    """What one run executes, from its submission's file (see the broker's ``_submission``)."""
+    record, run = submission["record"], submission["runs"][position]
+    run_id = run["run_id"]
+    return {
+        "run_id": run_id,
+        "run_dir": os.path.join(submission["runs_dir"], run_id),
+        "argv": run["argv"],
+        "cwd": record["cwd"],
+        "env": record["env"],
+        "array_index": run["array_index"],
+        "master_port": master_port(run_id),
+        "devices": devices,
+        "time_limit_s": submission["time_limit_s"],
+        "sandbox": submission["sandbox"],
+    }
+
+
+def prepare_run_dir(
+    submission: Mapping[str, Any], position: int, devices: list[str] | None = None
+) -> dict[str, Any]:
+    """Create the run's directory when the run starts (not at submit: an array of 1,000 costs the
+    broker one file, and the nodes make their own directories) with ``task.json`` (a copy for the
+    reader; the runner runs the task it is handed) and ``snapshot.diff``. Every rank of a
+    multi-task run may call it at once."""
+    task = task_of(submission, position, devices)
+    run_dir = Path(task["run_dir"])
+    (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    if submission.get("diff"):
+        try:
+            os.link(submission["diff"], run_dir / DIFF_NAME)
+        except FileExistsError:
+            pass
+        except OSError:  # another file system: a copy of its own
+            shutil.copyfile(submission["diff"], run_dir / DIFF_NAME)
+    write_json_atomic(run_dir / TASK_FILE, task, fsync=False)
+    return task
 
 
 def job_environment(
@@ -90,9 +139,15 @@ def run_rank(
     world_size: int = 1,
     master_addr: str = "127.0.0.1",
     wrap: ArgvWrapper | None = None,
+    task: Mapping[str, Any] | None = None,
 ) -> int:
-    """Execute the task's argv for one rank; return its exit code (negative: killed by a signal)."""
-    task = json.loads((run_dir / TASK_FILE).read_text())
+    """Execute the task's argv for one rank; return its exit code (negative: killed by a signal).
+
+    ``task`` None: read it from the run dir's ``task.json`` (the local runner, which starts before
+    the job can write there; a Slurm rank is handed its task, as another rank's job may already
+    have rewritten the file)."""
+    if task is None:
+        task = json.loads((run_dir / TASK_FILE).read_text())
     (run_dir / "artifacts").mkdir(exist_ok=True)
     env = job_environment(task, rank, local_rank, world_size, master_addr)
     argv = list(task["argv"])
@@ -106,6 +161,7 @@ def run_rank(
     started["devices"] = env.get("CUDA_VISIBLE_DEVICES")
     outcome: dict[str, Any] = {"rank": rank, "host": started["host"]}
     popen_env, cwd = env, task["cwd"]
+    stop: list[str] | None = None
     if wrap is None and task.get("sandbox"):
         from framework.dispatch.jobsandbox import wrap_in_sandbox
 
@@ -124,7 +180,7 @@ def run_rank(
                 outcome.update(code=126, reason=reason, time=time.time())
                 write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
                 return 126
-            argv, popen_env, cwd = wrapped.argv, wrapped.env, wrapped.cwd
+            argv, popen_env, cwd, stop = wrapped.argv, wrapped.env, wrapped.cwd, wrapped.stop
             started["sandbox"] = wrapped.info
         try:
             proc = subprocess.Popen(
@@ -141,15 +197,14 @@ def run_rank(
         started["child_pid"] = proc.pid
         write_json_atomic(run_dir / f"started.{rank}.json", started)
         limit = task.get("time_limit_s")
+        previous = _terminate_by_exception() if stop else None
         try:
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+            code = _kill(proc, stop, popen_env)
             outcome["reason"] = f"time limit exceeded ({limit} s)"
         except BaseException as exc:  # submitit's timeout signal handler raises into this frame
-            proc.kill()
-            code = proc.wait()
+            code = _kill(proc, stop, popen_env)
             text = str(exc)
             outcome["reason"] = (
                 "time limit exceeded" if "timed-out" in text else f"interrupted: {text}"
@@ -157,15 +212,49 @@ def run_rank(
             outcome.update(code=code, time=time.time())
             write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     outcome.update(code=code, time=time.time())
     write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
     return code
 
 
-def slurm_entry(run_dir: str) -> int:
-    """The function submitit runs in every Slurm task: ranks and master address from the allocation."""
+class Terminated(Exception):
+    """SIGTERM (a cancel, or Slurm ending the job) while a container runs: stop it, then end."""
+
+
+def _terminate_by_exception() -> Any:
+    """A container outlives its killed client, so SIGTERM must reach the code that removes it
+    (the default action would end the runner on the spot). Main thread only; returns the old
+    handler, or None where none can be installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
+def _kill(proc: subprocess.Popen[bytes], stop: list[str] | None, env: Mapping[str, str]) -> int:
+    """Kill the job's process, and with ``stop`` whatever outlives it; return its exit code."""
+    proc.kill()
+    code = proc.wait()
+    if stop:
+        subprocess.run(
+            stop, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+        )
+    return code
+
+
+def slurm_entry(submission_file: str, position: int) -> int:
+    """The function submitit runs in every Slurm task: the run is entry ``position`` of the
+    submission's file; ranks and master address come from the allocation."""
     import submitit
 
+    submission = json.loads(Path(submission_file).read_text())
+    task = prepare_run_dir(submission, position)
     job_env = submitit.JobEnvironment()
     master = job_env.hostnames[0] if job_env.hostnames else "127.0.0.1"
     try:
@@ -173,11 +262,12 @@ def slurm_entry(run_dir: str) -> int:
     except OSError:
         master_addr = master
     return run_rank(
-        Path(run_dir),
+        Path(task["run_dir"]),
         rank=job_env.global_rank,
         local_rank=job_env.local_rank,
         world_size=job_env.num_tasks,
         master_addr=master_addr,
+        task=task,
     )
 
 

@@ -59,9 +59,10 @@ class SlurmBackend:
             )
 
     def submit(
-        self, group_id: str, run_dirs: list[Path], resources: Resources, name: str
+        self, group_id: str, submission: Path, count: int, resources: Resources, name: str
     ) -> list[str]:
-        """Submit one job (or one array of len(run_dirs) tasks); return the Slurm job ids in order."""
+        """Submit the ``count`` runs of a submission file (see the broker) as one job or one job
+        array; return the Slurm job ids in order. Each task makes its own run dir."""
         import submitit
 
         from framework.dispatch.runner import slurm_entry
@@ -76,7 +77,7 @@ class SlurmBackend:
             "job_name": name,
             # submitit signals the job this long before the limit; keep it inside short limits.
             "signal_delay_s": min(90, max(5, minutes * 60 // 6)),
-            "array_parallelism": len(run_dirs),
+            "array_parallelism": count,
             "additional_parameters": {"no-requeue": True},
         }
         if resources.gpus:
@@ -89,9 +90,9 @@ class SlurmBackend:
                 params[key] = value
         executor.update_parameters(**params)
         try:
-            if len(run_dirs) == 1:
-                return [str(executor.submit(slurm_entry, str(run_dirs[0])).job_id)]
-            jobs = executor.map_array(slurm_entry, [str(d) for d in run_dirs])
+            if count == 1:
+                return [str(executor.submit(slurm_entry, str(submission), 0).job_id)]
+            jobs = executor.map_array(slurm_entry, [str(submission)] * count, list(range(count)))
         except subprocess.CalledProcessError as exc:
             raise SlurmError(f"sbatch refused the job: {exc.output!r}") from None
         except FileNotFoundError:
@@ -125,6 +126,22 @@ class SlurmBackend:
             if covered and found[base][0] in TERMINAL_SLURM_STATES:
                 found[job_id] = found[base]
         return found
+
+    def in_queue(self, job_ids: list[str]) -> set[str] | None:
+        """Those of ``job_ids`` that squeue still lists (pending, running, completing); None when
+        squeue cannot say. squeue answers from slurmctld at once, where sacct can lag far behind
+        for the pending tasks of a cancelled array."""
+        bases = sorted({j.split("_")[0] for j in job_ids})
+        proc = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(bases)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            return set() if "Invalid job id" in proc.stderr else None
+        return set(proc.stdout.split())
 
     def cancel(self, job_ids: list[str]) -> None:
         for start in range(0, len(job_ids), SCANCEL_BATCH):

@@ -7,7 +7,7 @@ editing the workspace meanwhile. So at submit time the broker records what the j
 - ``tree``: a git tree of the working tree as it is (tracked files with their edits, plus
   untracked files that are not ignored), built with a temporary index so the agent's index, refs
   and stash are untouched;
-- ``snapshot.diff``: ``git diff --binary COMMIT TREE``, stored in every run directory, so
+- ``snapshot.diff``: ``git diff --binary COMMIT TREE``, in every run directory, so
   ``git checkout COMMIT && git apply snapshot.diff`` reproduces the sources of the run;
 - a copy of the tree in ``<state>/dispatch/snapshots/<tree>/`` (content-addressed: an array, or
   repeated submits of the same state, share one copy), which the job sandbox mounts read-only at the
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
-DIFF_NAME = "snapshot.diff"
 MAX_UNTRACKED_FILE_BYTES = 64 << 20
 MAX_IGNORED_ENTRIES = 256
 _SAFE_GIT = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
@@ -58,17 +57,11 @@ class Snapshot:
     def diff_sha256(self) -> str | None:
         return hashlib.sha256(self.diff).hexdigest() if self.diff else None
 
-    def store_diff(self, run_dirs: list[Path]) -> None:
-        """Write ``snapshot.diff`` into each run dir (one file, hard-linked into the others)."""
-        if not run_dirs:
-            return
-        first = run_dirs[0] / DIFF_NAME
-        first.write_bytes(self.diff)
-        for run_dir in run_dirs[1:]:
-            try:
-                os.link(first, run_dir / DIFF_NAME)
-            except OSError:
-                shutil.copyfile(first, run_dir / DIFF_NAME)
+    def store_diff(self, path: Path) -> Path:
+        """Write the diff to ``path``, once per submission: each run hard-links it into its run dir
+        as ``snapshot.diff`` when it starts (see runner.prepare_run_dir)."""
+        path.write_bytes(self.diff)
+        return path
 
 
 def _objects_env(workspace: Path, store: Path) -> dict[str, str]:

@@ -198,6 +198,17 @@ def test_hostile_requests_are_rejected_logged_and_nothing_runs(
     assert len(rejected) == len(cases) + 1
     with ledger_of(tmp_path / "state") as ledger:
         assert ledger.runs() == []
+        events = ledger.events(kind=EventKind.request_rejected)
+        assert ledger.verify().ok
+    assert [e.payload["field"] for e in events] == [*cases.values(), "request"]
+    assert all(e.session_id == "s-1" and e.run_id is None for e in events)
+    by_field = {e.payload["field"]: e.payload for e in events}
+    assert by_field["request.env"]["request"]["request"]["env"] == {"LD_PRELOAD": "x"}
+    assert "LD_PRELOAD" in by_field["request.env"]["reason"]
+    # A 100,000-character argument and a 400 KB request leave a bounded copy, not themselves.
+    assert all(len(json.dumps(e.payload)) < 4_000 for e in events)
+    assert by_field["request.argv"]["request"]["request"]["argv"][0].endswith("(100000 characters)")
+    assert by_field["request"]["bytes"] > 256 * 1024
     # The broker still serves well-formed requests afterwards.
     assert call({"op": "ping"}, sock)["ok"]
 

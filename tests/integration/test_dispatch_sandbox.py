@@ -17,7 +17,7 @@ import pytest
 
 from framework.dispatch.broker import BrokerHandle, start_broker
 from framework.dispatch.client import call
-from framework.dispatch.snapshot import DIFF_NAME
+from framework.dispatch.runner import DIFF_NAME
 from tests.integration.test_dispatch_broker import ledger_of, make_settings, make_workspace
 from tests.support import require_binary, require_bwrap
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,13 @@ from framework.dispatch.broker import BrokerHandle, DispatchPaths, start_broker
 from framework.dispatch.client import call
 from framework.ledger import EventKind, open_ledger
 from tests.integration.test_dispatch_broker import _pings, make_settings, make_workspace
+from tests.integration.test_dispatch_docker import (
+    assert_contained,
+    docker_settings,
+    host_secret,
+    probe_argv,
+    require_docker_jobs,
+)
 from tests.support import require_bwrap, unavailable
 
 pytestmark = pytest.mark.slurm
@@ -277,6 +285,39 @@ def test_job_on_a_slurm_node_is_sandboxed_and_its_metrics_are_recorded(
     assert started["sandbox"]["runtime"] == "bwrap"
     with open_ledger(f"sqlite:///{state / 'ledger.sqlite'}") as ledger:
         assert ledger.run(run_id).metrics == {"loss": 0.25}
+
+
+@pytest.mark.docker
+def test_job_on_a_slurm_node_runs_in_a_docker_container_and_its_metrics_are_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_slurm_cluster()
+    require_docker_jobs()
+    workspace = make_workspace(tmp_path)
+    state = tmp_path / "state"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-host-secret")  # exported to the job by sbatch
+    settings = docker_settings(workspace, state, executor="slurm", max_nodes=4)
+    handle = start_broker(workspace, settings, "slurm-docker")
+    try:
+        with socket.socket() as server, host_secret(tmp_path) as decoy:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            argv = probe_argv(decoy, state / "ledger.sqlite", server.getsockname()[1])
+            (run_id,) = submit(handle, workspace, argv)
+            (run,) = wait(handle, run_id)
+    finally:
+        handle.stop()
+    run_dir = Path(run["run_dir"])
+    assert run["state"] == "finished", (run_dir / "stderr.log").read_text()
+    lines = (run_dir / "stdout.log").read_text().splitlines()
+    assert_contained(json.loads(lines[0]))
+    started = json.loads((run_dir / "started.0.json").read_text())
+    assert started["host"] in {"n1", "n2", "n3", "n4"}
+    assert started["sandbox"]["runtime"] == "docker"
+    with open_ledger(f"sqlite:///{state / 'ledger.sqlite'}") as ledger:
+        recorded = ledger.run(run_id)
+        assert recorded.state == "finished" and recorded.metrics == {"loss": 0.25}
+        assert recorded.extra["sandbox"] == "docker"
 
 
 def test_broker_killed_while_slurm_jobs_run_loses_none_and_records_each_end_once(

@@ -10,9 +10,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from framework.dispatch.models import (
     MAX_ARRAY_TASKS,
+    REJECTED_COPY_CHARS,
     BrokerOp,
     JobRequest,
     RequestError,
+    bounded_copy,
     describe_validation_error,
     parse_array_spec,
     resolve_cwd,
@@ -132,3 +134,30 @@ def test_sacct_line_for_never_started_array_tasks_expands_to_each_task() -> None
     assert expand_array_ids("5822_[3-5%1000]") == ["5822_3", "5822_4", "5822_5"]
     assert expand_array_ids("12_[1,4-5]") == ["12_1", "12_4", "12_5"]
     assert expand_array_ids("12_7") == ["12_7"] and expand_array_ids("13") == ["13"]
+
+
+def test_copy_of_a_rejected_request_is_bounded_whatever_its_shape() -> None:
+    hostile = [
+        json.dumps({"op": "submit", "request": {"argv": ["x" * 200_000]}}).encode(),
+        json.dumps({"op": "submit", "request": {"argv": ["ab"] * 60_000}}).encode(),
+        json.dumps(
+            {"op": "submit", "request": {"env": {f"K{i}" * 20: "v" * 900 for i in range(200)}}}
+        ).encode(),
+        b"[" * 100_000,  # deeper than the JSON parser goes
+        b"[" * 500 + b"]" * 500,
+        b"\xff\xfe not json " * 10_000,
+    ]
+    for raw in hostile:
+        assert len(json.dumps(bounded_copy(raw))) < 2 * REJECTED_COPY_CHARS, raw[:40]
+
+
+def test_copy_of_a_rejected_request_keeps_what_an_auditor_needs() -> None:
+    raw = json.dumps(
+        {"op": "submit", "request": {"argv": ["python", "x" * 5000], "cwd": "../../etc"}}
+    ).encode()
+    copy = bounded_copy(raw)
+    assert copy["op"] == "submit"
+    assert copy["request"]["argv"][0] == "python"
+    assert copy["request"]["argv"][1].endswith("(5000 characters)")
+    assert copy["request"]["cwd"] == "../../etc"
+    assert bounded_copy(b"not json\n") == "not json\n"

@@ -1,0 +1,91 @@
+"""The job's Docker command line, built without a daemon: what it isolates, and that nothing the
+agent controls can add options to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from framework.config import load_settings
+from framework.dispatch import jobsandbox
+from framework.dispatch.jobsandbox import docker_bind, sandbox_plan, wrap_in_sandbox
+
+
+def docker_plan(tmp_path: Path, world_size: int = 1) -> dict[str, Any]:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    flags = {"state_dir": str(tmp_path / "state"), "cluster": {"job_runtime": "docker"}}
+    settings = load_settings(workspace=workspace, flags=flags, environ={"HOME": "/nonexistent"})
+    return sandbox_plan(settings.settings, workspace, workspace, None, world_size, tmp_path / "etc")
+
+
+def wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **plan_args: Any) -> Any:
+    plan = docker_plan(tmp_path, **plan_args)
+    monkeypatch.setattr(jobsandbox.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(jobsandbox.os, "getuid", lambda: 1234)  # not root: no chown
+    run_dir = tmp_path / "runs" / "g1"
+    (run_dir / "artifacts").mkdir(parents=True)
+    task = {"run_id": "g1", "run_dir": str(run_dir), "sandbox": plan}
+    env = {"EXP_TOKEN": "value-not-on-the-command-line", "RANK": "0", "PATH": "/host/bin"}
+    return wrap_in_sandbox(["python3", "exp.py", "--flag"], env, task), task
+
+
+def test_docker_job_has_the_isolation_of_a_docker_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, task = wrapped(tmp_path, monkeypatch)
+    argv = job.argv
+    assert argv[:4] == ["/usr/bin/docker", "run", "--rm", "--init"]
+    for option in (
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--network=none",
+        "--ipc=private",
+    ):
+        assert option in argv
+    assert [a for a in argv if a.startswith("--cap-add=")] == [
+        "--cap-add=SETUID",
+        "--cap-add=SETGID",
+        "--cap-add=SETPCAP",
+    ]
+    workspace = task["sandbox"]["workspace"]
+    assert f"--mount=type=bind,src={workspace},dst={workspace},readonly" in argv
+    run_dir = task["run_dir"]
+    assert f"--mount=type=bind,src={run_dir},dst={run_dir}" in argv
+    assert not any("docker.sock" in a or a.startswith("--privileged") for a in argv)
+    image = argv.index(task["sandbox"]["image"])
+    assert argv[image + 1 :] == ["python3", "exp.py", "--flag"]
+    # Variables are named on the command line (readable by every user); values travel in env.
+    assert "--env=EXP_TOKEN" in argv and not any("value-not-on" in a for a in argv)
+    assert job.env["EXP_TOKEN"] == "value-not-on-the-command-line"
+    assert job.env["PATH"] != "/host/bin" and job.env["HOME"] == "/home/agent"
+    assert job.stop == ["/usr/bin/docker", "rm", "--force", "ar-g1-0"]
+    assert job.info["runtime"] == "docker" and job.info["image"] == task["sandbox"]["image"]
+
+
+def test_multi_task_docker_job_shares_the_node_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, _ = wrapped(tmp_path, monkeypatch, world_size=2)
+    assert "--network=host" in job.argv and "--network=none" not in job.argv
+
+
+def test_mount_path_with_a_comma_cannot_add_mount_options() -> None:
+    option = docker_bind("/ws/a,readonly=false", "/ws/a,readonly=false", read_only=True)
+    assert option == (
+        '--mount=type=bind,"src=/ws/a,readonly=false","dst=/ws/a,readonly=false",readonly'
+    )
+    assert (
+        docker_bind('/ws/q"x', "/t", read_only=False) == '--mount=type=bind,"src=/ws/q""x",dst=/t'
+    )
+
+
+def test_node_without_docker_fails_the_run_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobsandbox.shutil, "which", lambda name: None)
+    task = {"run_id": "g1", "run_dir": str(tmp_path), "sandbox": docker_plan(tmp_path)}
+    with pytest.raises(jobsandbox.JobSandboxError, match="job_runtime = 'bwrap'"):
+        wrap_in_sandbox(["true"], {}, task)
