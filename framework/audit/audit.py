@@ -9,7 +9,7 @@ from pathlib import Path
 
 from framework.audit.checks import CHECKS, AuditConfig, CheckContext, Checker
 from framework.audit.events import Event, EventRecord
-from framework.audit.ledger import LedgerRun, RunSource
+from framework.audit.ledger import LedgerRun, RejectionSource, RunSource
 from framework.audit.readers import (
     READERS,
     ReaderStats,
@@ -120,8 +120,12 @@ def run_audit(
     workspace_root: Path,
     config: AuditConfig | None = None,
     runs: RunSource | list[LedgerRun] | None = None,
+    rejections: RejectionSource | None = None,
 ) -> AuditReport:
-    """Stream every event through the checks and the summary, and build the report."""
+    """Stream every event through the checks and the summary, and build the report.
+
+    ``rejections`` (default: ``runs`` when it can read them, as ``LedgerRuns`` can) is where the
+    ``rejected-request`` check reads the session's refused requests, only if that check runs."""
     config = config or config_from_settings(settings)
     ledger_runs: list[LedgerRun] | None
     ledger_error = None
@@ -135,8 +139,14 @@ def run_audit(
         )
     except Exception as exc:  # a broken or missing ledger must not hide the transcript findings
         ledger_runs, ledger_error = None, f"ledger not readable: {exc}"
+    if rejections is None and isinstance(runs, RejectionSource):
+        rejections = runs
     ctx = CheckContext(
-        config=config, workspace=Workspace(root=workspace_root, settings=settings), runs=ledger_runs
+        config=config,
+        workspace=Workspace(root=workspace_root, settings=settings),
+        runs=ledger_runs,
+        session_id=source.session_id,
+        rejections=None if ledger_error else rejections,
     )
     checker = Checker(ctx)
     summary = SummaryBuilder()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,8 +35,50 @@ class LedgerRun(BaseModel):
         )
 
 
+class LedgerRejection(BaseModel):
+    """A ``request_rejected`` ledger event: a ``remote-run`` request the broker refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int
+    ts: float | None = None
+    field: str = "request"
+    reason: str = ""
+    size: int | None = None
+    sha256: str | None = None
+    request: Any = None
+
+    @classmethod
+    def from_event(cls, event: Any) -> LedgerRejection:
+        """From a ledger ``LedgerEvent`` of kind ``request_rejected`` (fields it lacks stay empty)."""
+        payload = getattr(event, "payload", None) or {}
+        ts = getattr(event, "ts", None)
+        size = payload.get("bytes")
+        return cls(
+            seq=int(event.seq),
+            ts=ts.timestamp() if isinstance(ts, datetime) else None,
+            field=str(payload.get("field") or "request"),
+            reason=str(payload.get("reason") or ""),
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            sha256=str(payload["sha256"]) if payload.get("sha256") else None,
+            request=payload.get("request"),
+        )
+
+
 class RunSource(Protocol):
     def runs(self, session_id: str | None) -> Sequence[LedgerRun]: ...
+
+
+@runtime_checkable
+class RejectionSource(Protocol):
+    def rejected(self, session_id: str) -> Iterator[LedgerRejection]:
+        """The session's refused requests in ledger order, read lazily (close the iterator when
+        done with it)."""
+        ...
+
+
+REJECTED_PAGE = 500
+"""``request_rejected`` events read per ledger query: a session may have sent thousands."""
 
 
 class LedgerRuns:
@@ -50,3 +93,23 @@ class LedgerRuns:
         with open_ledger(self.url) as ledger:
             found = ledger.runs(session_id=session_id) if session_id else ledger.runs()
             return [LedgerRun.from_any(r) for r in found]
+
+    def rejected(self, session_id: str) -> Iterator[LedgerRejection]:
+        """``request_rejected`` events of this session only, a page at a time (the ledger's
+        ``(session_id, seq)`` index), so a caller that stops early reads no further."""
+        from framework.ledger import EventKind, open_ledger
+
+        with open_ledger(self.url) as ledger:
+            after = 0
+            while True:
+                page = ledger.events(
+                    session_id=session_id,
+                    kind=EventKind.request_rejected,
+                    after_seq=after,
+                    limit=REJECTED_PAGE,
+                )
+                for event in page:
+                    yield LedgerRejection.from_event(event)
+                if len(page) < REJECTED_PAGE:
+                    return
+                after = page[-1].seq

@@ -12,6 +12,7 @@ from framework.audit.checks.base import (
     program_name,
 )
 from framework.audit.checks.network import NetworkEgress, NetworkWhenOffline
+from framework.audit.checks.rejected import RejectedRequest
 from framework.audit.checks.report import report_findings
 from framework.audit.checks.rules import (
     SHELL_WORDS,
@@ -42,6 +43,7 @@ STREAMING = (
     SuccessAfterFailure,
     IdleGap,
     FailingCommandLoop,
+    RejectedRequest,
 )
 REPORT_CHECKS = {
     "report-number-unmatched": (Severity.WARNING, "number in report.tex produced by no ledger run"),

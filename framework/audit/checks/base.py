@@ -13,7 +13,7 @@ from typing import Protocol, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field
 
 from framework.audit.events import Event, EventKind, EventRecord
-from framework.audit.ledger import LedgerRun
+from framework.audit.ledger import LedgerRun, RejectionSource
 from framework.sandbox.proxy import host_allowed
 from framework.workspace import Workspace
 
@@ -80,6 +80,11 @@ class AuditConfig(BaseModel):
     idle_gap_minutes: float = Field(default=30.0, gt=0)
     loop_threshold: int = Field(default=3, ge=2)
     report_tex: str = "report.tex"
+    rejected_request_limit: int = Field(
+        default=50,
+        ge=1,
+        description="rejected requests listed one by one; the rest are summed up in one finding",
+    )
     disabled: list[str] = Field(default_factory=list, description="check ids to skip")
     severity: dict[str, Severity] = Field(
         default_factory=dict, description="severity overrides by check id"
@@ -88,11 +93,15 @@ class AuditConfig(BaseModel):
 
 @dataclass
 class CheckContext:
-    """What checks may consult besides the events: the workspace, settings and the session's runs."""
+    """What checks may consult besides the events: the workspace, settings, the session's runs and
+    (lazily, by the check that needs them) its rejected requests."""
 
     config: AuditConfig
     workspace: Workspace
     runs: list[LedgerRun] | None = None
+    session_id: str | None = None
+    rejections: RejectionSource | None = None
+    """Where the session's refused ``remote-run`` requests are read (None: nowhere)."""
     events_seen: int = 0
     files_changed: dict[str, str] = field(default_factory=dict)
 
