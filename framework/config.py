@@ -88,13 +88,16 @@ class AgentSettings(_Section):
     api_key_env: list[str] = Field(
         default_factory=lambda: [
             "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
             "ANTHROPIC_BASE_URL",
             "OPENAI_API_KEY",
             "OPENAI_BASE_URL",
             "GEMINI_API_KEY",
             "GOOGLE_API_KEY",
+            "GOOGLE_GEMINI_BASE_URL",
         ],
-        description="names of host variables passed into the sandbox when set (never values in files)",
+        description="names of host variables passed into the sandbox when set (never values in "
+        "files); each goes only to the agent that reads it, or to every agent if none does",
     )
     extra_args: list[str] = Field(
         default_factory=list, description="arguments appended to the agent CLI"

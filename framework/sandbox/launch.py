@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from framework.agents import AgentInvocation, AgentProfile, get_agent
+from framework.agents import AgentInvocation, AgentProfile, credential_names, get_agent
 from framework.config import AgentTool, Mount, NetworkPolicy, RuntimeName, Settings, load_settings
 from framework.sandbox.proxy import EgressProxy
 from framework.sandbox.runtime import SandboxError, Stdio, get_runtime
@@ -201,7 +201,7 @@ def launch(
         mounts += [_user_mount(m) for m in [*settings.sandbox.mounts, *request.mounts]]
         env = allowlisted_env(
             os.environ,
-            [*settings.sandbox.env_allowlist, *settings.agent.api_key_env],
+            [*settings.sandbox.env_allowlist, *credential_names(tool, settings.agent.api_key_env)],
             {**settings.sandbox.env, **profile.environment(how), **request.extra_env},
         )
         env.update({"HOME": str(SANDBOX_HOME), "USER": "agent", "PATH": SANDBOX_PATH})

@@ -417,11 +417,18 @@ def test_environment_contains_only_allowlisted_variables(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-aws-secret")
     monkeypatch.setenv("GITHUB_TOKEN", "planted-github-token")
     monkeypatch.setenv("LANG", "C.UTF-8")
+    # Credentials reach only the agent that reads them: this is a Claude Code session.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "claude-key-1")
+    monkeypatch.setenv("OPENAI_API_KEY", "planted-openai-key")
+    monkeypatch.setenv("GEMINI_API_KEY", "planted-gemini-key")
     _, seen = attack(
         tmp_path, workspace, runtime, "import json, os; print(json.dumps(dict(os.environ)))"
     )
     assert "planted-aws-secret" not in json.dumps(seen)
     assert "planted-github-token" not in json.dumps(seen)
+    assert "planted-openai-key" not in json.dumps(seen)
+    assert "planted-gemini-key" not in json.dumps(seen)
+    assert seen.get("ANTHROPIC_API_KEY") == "claude-key-1", "the agent's own key is passed"
     assert seen.get("LANG") == "C.UTF-8", "an allowlisted variable is passed through"
     image_env = {"HOSTNAME", "PWD", "SHLVL", "_"}
     allowed = {
@@ -430,6 +437,7 @@ def test_environment_contains_only_allowlisted_variables(
         "PATH",
         "TERM",
         "LANG",
+        "ANTHROPIC_API_KEY",
         "AR_SESSION_ID",
         "DISABLE_AUTOUPDATER",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",

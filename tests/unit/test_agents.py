@@ -112,3 +112,18 @@ def test_gemini_transcripts_are_its_chat_files_only(tmp_path: Path) -> None:
     chat.write_text("{}\n")
     (project / "logs.json").write_text("[]\n")
     assert gemini.transcripts(tmp_path) == [chat]
+
+
+def test_each_agent_gets_only_the_credentials_it_reads_plus_unclaimed_names() -> None:
+    from framework.agents import credential_names
+    from framework.config import AgentSettings
+
+    allowed = [*AgentSettings().api_key_env, "MY_PROXY_TOKEN"]
+    claude = credential_names("claude", allowed)
+    assert "ANTHROPIC_API_KEY" in claude and "MY_PROXY_TOKEN" in claude
+    assert not {"OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"} & set(claude)
+    assert "OPENAI_API_KEY" in credential_names("codex", allowed)
+    assert "ANTHROPIC_API_KEY" not in credential_names("codex", allowed)
+    assert "GOOGLE_GEMINI_BASE_URL" in credential_names("gemini", allowed)
+    # A name the user left out of the settings never passes, whatever the agent reads.
+    assert credential_names("claude", ["OPENAI_API_KEY"]) == []
