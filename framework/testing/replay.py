@@ -15,7 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framework.testing.clients import claude_env, write_codex_home
+from framework.testing.clients import (
+    SCRIPTED_KEY,
+    claude_env,
+    opencode_env,
+    write_codex_home,
+)
 from framework.testing.script import load_script
 from framework.testing.server import RecordedRequest, ScriptedModelServer
 
@@ -47,11 +52,18 @@ class ReplayResult:
 
 
 def client_environment(url: str, state_dir: Path) -> dict[str, str]:
-    """Variables for both Claude Code and Codex; Codex's config goes to ``state_dir/codex``."""
+    """Variables that point each of the four CLIs at the server at ``url``, without touching the
+    user's own config: Codex's config goes to ``state_dir/codex`` and OpenCode's travels in a
+    variable. Gemini CLI gets its key and base URL; it also needs API-key auth selected in its
+    user settings (``security.auth.selectedType = "gemini-api-key"`` in ``~/.gemini/settings.json``),
+    which it does not take from a variable or, in 0.61.0, from system settings."""
     return {
         **claude_env(url),
         "OPENAI_BASE_URL": f"{url}/v1",
         **write_codex_home(state_dir / "codex", url),
+        "GEMINI_API_KEY": SCRIPTED_KEY,
+        "GOOGLE_GEMINI_BASE_URL": url,
+        **opencode_env(url),
     }
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from framework.audit.events import EventKind
 from framework.audit.report import AuditReport
 from framework.config import Settings
 from framework.testing.clients import opencode_env, run_as, write_gemini_home
+from framework.testing.replay import client_environment, replay
 from framework.testing.script import load_script
 from framework.testing.server import ScriptedModelServer
 from tests.support import REPO_ROOT, require_binary, unavailable
@@ -184,3 +186,32 @@ def _dump_conversation(database: Path, target: Path) -> None:
             )
         ]
     target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("tool", ["gemini", "opencode"])
+def test_replay_rehearses_a_session_with_the_real_cli(
+    tool: str, session_dirs: tuple[Path, Path, str | None]
+) -> None:
+    """`agentic-researcher replay SCRIPT -- CLI ...` serves the script and gives the CLI what it
+    needs to find the server, for Gemini CLI and OpenCode as for Claude Code and Codex."""
+    binary = require_binary(tool, f"agent CLIs ({tool})")
+    work, home, user = session_dirs
+    state = home / "replay-state"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"HOME": str(home), "PATH": BASE_PATH}
+    env |= client_environment(f"http://127.0.0.1:{port}", state)
+    (work / ("GEMINI.md" if tool == "gemini" else "AGENTS.md")).write_text(METHODOLOGY)
+    if tool == "gemini":  # API-key auth chosen in the user's settings, as a Gemini API user has
+        write_gemini_home(home, f"http://127.0.0.1:{port}")
+    _give_to(user, work, home)
+    if tool == "gemini":
+        cli = [binary, "-p", "Run the experiment.", "--yolo", "--skip-trust"]
+    else:
+        cli = [binary, "run", "--auto", "Run the experiment."]
+    command = run_as(user, ["env", "-C", str(work), *cli], env)
+    result = replay(SCRIPT, command, port=port, state_dir=state)
+    assert result.ok, result.lines()
+    assert result.turns_served == result.turns_total == 3
+    _assert_experiment_ran(work)
