@@ -8,7 +8,9 @@ dot-directories are never involved.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -70,6 +72,28 @@ class AgentProfile:
                     path.write_text("{}\n")
             else:
                 path.mkdir(parents=True, exist_ok=True)
+
+    def transcript_state(self, home: Path) -> dict[Path, tuple[int, int]]:
+        """Size and mtime (ns) of each transcript under ``home``: taken before a session, it tells
+        :meth:`changed_transcripts` which files that session wrote."""
+        state: dict[Path, tuple[int, int]] = {}
+        for path in self.transcripts(home):
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                state[path] = (info.st_size, info.st_mtime_ns)
+        return state
+
+    def changed_transcripts(self, home: Path, before: dict[Path, tuple[int, int]]) -> list[Path]:
+        """The transcripts this session created or changed. The agent home persists across
+        launches, so the files of earlier sessions are left out: an audit of this session must
+        not report what an earlier one did. A resumed session appends to its old file, which
+        therefore counts as changed and is copied whole."""
+        after = self.transcript_state(home)
+        return [path for path, state in after.items() if before.get(path) != state]
+
+    def prune_copies(self, copies: list[Path], since: datetime) -> None:
+        """Remove from the copied transcripts what belongs to sessions before ``since``, where one
+        file holds many sessions (nothing to do for one file per session)."""
 
     def transcripts(self, home: Path) -> list[Path]:
         """Regular files (never symlinks) under ``home`` that match the transcript globs."""

@@ -4,7 +4,15 @@ JSON files under ~/.local/share/opencode/storage/)."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
 from framework.agents.base import AgentInvocation, AgentProfile
+
+DATABASE = ".local/share/opencode/opencode.db"
+CLOCK_SLACK_MS = 2_000
 
 
 class OpenCodeProfile(AgentProfile):
@@ -23,6 +31,25 @@ class OpenCodeProfile(AgentProfile):
         if how.prompt is not None:
             args += ["--format", "json", how.prompt]
         return args + list(how.extra_args)
+
+    def changed_transcripts(self, home: Path, before: dict[Path, tuple[int, int]]) -> list[Path]:
+        """The database and its write-ahead log are one transcript: OpenCode may leave a whole
+        session in the log, and the log alone cannot be read."""
+        changed = super().changed_transcripts(home, before)
+        pair = [home / DATABASE, home / (DATABASE + "-wal")]
+        if any(path in changed for path in pair):
+            changed += [path for path in pair if path not in changed and path.is_file()]
+        return sorted(changed)
+
+    def prune_copies(self, copies: list[Path], since: datetime) -> None:
+        """One database holds every session of the agent home: keep in the copy only the sessions
+        updated since ``since`` (new, resumed or continued in this launch), fold its log into it
+        and compact it. A copy that cannot be read as such is left as it is."""
+        cutoff = int(since.timestamp() * 1000) - CLOCK_SLACK_MS
+        for copy in copies:
+            if copy.name == Path(DATABASE).name:
+                with contextlib.suppress(sqlite3.Error):
+                    _keep_sessions_since(copy, cutoff)
 
 
 PROFILE = OpenCodeProfile(
@@ -51,3 +78,31 @@ PROFILE = OpenCodeProfile(
         "OPENCODE_DISABLE_SHARE": "1",
     },
 )
+
+
+def _keep_sessions_since(database: Path, cutoff_ms: int) -> None:
+    db = sqlite3.connect(database, isolation_level=None)
+    try:
+        old = [
+            row[0]
+            for row in db.execute("SELECT id FROM session WHERE time_updated < ?", (cutoff_ms,))
+        ]
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        db.execute("BEGIN")
+        db.execute("CREATE TEMP TABLE gone (id TEXT PRIMARY KEY)")
+        db.executemany("INSERT INTO gone VALUES (?)", [(sid,) for sid in old])
+        if "part" in tables:
+            db.execute(
+                "DELETE FROM part WHERE message_id IN "
+                "(SELECT id FROM message WHERE session_id IN (SELECT id FROM gone))"
+            )
+        for table in tables:
+            columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+            if "session_id" in columns:
+                db.execute(f'DELETE FROM "{table}" WHERE session_id IN (SELECT id FROM gone)')
+        db.execute("DELETE FROM session WHERE id IN (SELECT id FROM gone)")
+        db.execute("COMMIT")
+        db.execute("PRAGMA journal_mode=DELETE")  # folds the log in and removes it
+        db.execute("VACUUM")
+    finally:
+        db.close()

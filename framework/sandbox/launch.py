@@ -169,6 +169,7 @@ def launch(
     # bwrap maps the sandbox uid back to the launcher's; containers use the uid as it is.
     owner = (os.getuid(), os.getgid()) if runtime_name == "bwrap" else (uid, gid)
     prepare_agent_home(profile, home, *owner)
+    transcripts_before = profile.transcript_state(home)
 
     record = SessionRecord(
         id=new_session_id(),
@@ -254,7 +255,7 @@ def launch(
     finally:
         session.stop_services()
         if started:
-            _finish(record, store, root, home, profile, session.notes)
+            _finish(record, store, root, home, profile, session.notes, transcripts_before)
             _record_event(session, "session_ended", record)
         session.close_ledger()
     return record
@@ -267,14 +268,21 @@ def _finish(
     home: Path,
     profile: AgentProfile,
     notes: list[str],
+    transcripts_before: dict[Path, tuple[int, int]],
 ) -> None:
-    """Complete and save the record: end time, git state after, notes, transcripts copied out."""
+    """Complete and save the record: end time, git state after, notes, and the transcripts this
+    session wrote (``transcripts_before``: their state before it) copied out."""
     record.ended_at = record.ended_at or datetime.now(UTC)
     after = git_state(root)
     record.git_commit_after = after.commit
     record.git_dirty_after = after.dirty
     record.notes += notes
-    record.transcripts += store.copy_transcripts(record, home, profile.transcripts(home))
+    copied = store.copy_transcripts(
+        record, home, profile.changed_transcripts(home, transcripts_before)
+    )
+    session_dir = store.path(record.id)
+    profile.prune_copies([session_dir / name for name in copied], record.started_at)
+    record.transcripts += [name for name in copied if (session_dir / name).is_file()]
     store.save(record)
 
 

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from framework.agents import AGENTS, AgentInvocation, get_agent
+from tests.support import REPO_ROOT
 
 
 def test_claude_headless_yolo_resume_and_model() -> None:
@@ -127,3 +128,53 @@ def test_each_agent_gets_only_the_credentials_it_reads_plus_unclaimed_names() ->
     assert "GOOGLE_GEMINI_BASE_URL" in credential_names("gemini", allowed)
     # A name the user left out of the settings never passes, whatever the agent reads.
     assert credential_names("claude", ["OPENAI_API_KEY"]) == []
+
+
+def test_only_transcripts_this_session_created_or_changed_are_copied(tmp_path: Path) -> None:
+    from framework.agents import get_agent
+
+    profile = get_agent("claude")
+    project = tmp_path / ".claude" / "projects" / "-work-repo"
+    project.mkdir(parents=True)
+    earlier, resumed = project / "earlier.jsonl", project / "resumed.jsonl"
+    earlier.write_text('{"type":"user"}\n')
+    resumed.write_text('{"type":"user"}\n')
+    before = profile.transcript_state(tmp_path)
+    with resumed.open("a") as fh:  # a resumed session appends to its file
+        fh.write('{"type":"assistant"}\n')
+    new = project / "new.jsonl"
+    new.write_text('{"type":"user"}\n')
+    assert profile.changed_transcripts(tmp_path, before) == [new, resumed]
+
+
+def test_opencode_copy_keeps_only_the_sessions_of_this_launch(tmp_path: Path) -> None:
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from framework.agents import get_agent
+
+    sql = (REPO_ROOT / "tests/fixtures/transcripts/real/opencode/write-and-run.sql").read_text()
+    profile = get_agent("opencode")
+    database = tmp_path / "opencode.db"
+    db = sqlite3.connect(database)
+    db.executescript(sql)
+    db.execute("PRAGMA journal_mode=WAL")
+    (updated,) = db.execute("SELECT time_updated FROM session").fetchone()
+    db.execute("INSERT INTO message SELECT id || '-x', session_id, 0, 0, data FROM message")
+    db.commit()
+    assert (tmp_path / "opencode.db-wal").is_file()
+    db.close()
+
+    def counts() -> tuple[int, int, int]:
+        with sqlite3.connect(database) as check:
+            return tuple(  # type: ignore[return-value]
+                check.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("session", "message", "part")
+            )
+
+    session_time = datetime.fromtimestamp(updated / 1000, UTC)
+    profile.prune_copies([database], session_time - timedelta(minutes=1))
+    assert counts() == (1, 8, 11), "a session updated during the launch is kept whole"
+    assert not (tmp_path / "opencode.db-wal").exists(), "the log is folded into the copy"
+    profile.prune_copies([database], session_time + timedelta(minutes=1))
+    assert counts() == (0, 0, 0), "a session of an earlier launch is removed from the copy"
