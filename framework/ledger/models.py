@@ -373,12 +373,16 @@ def fold_run(
     run_id: str,
     session_id: str | None,
     payload: dict[str, Any],
+    in_place: bool = False,
 ) -> dict[str, Any]:
     """Apply one run event to the JSON form of a :class:`RunState` (plain dicts: this is the hot
-    path of appends). The run's state follows its latest lifecycle event."""
-    run: dict[str, Any] = (
-        dict(doc) if doc else {"run_id": run_id, "first_seq": seq, "submitted_at": ts}
-    )
+    path of appends). The run's state follows its latest lifecycle event. With ``in_place`` the
+    caller owns ``doc`` (a fold's own copy) and it is changed and returned, not copied."""
+    run: dict[str, Any]
+    if not doc:
+        run = {"run_id": run_id, "first_seq": seq, "submitted_at": ts}
+    else:
+        run = doc if in_place else dict(doc)
     run["state"] = _STATE_TEXT[kind]
     run["last_seq"] = seq
     if session_id and not run.get("session_id"):

@@ -33,15 +33,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import msgspec
+
 from framework.ledger import chain
-from framework.ledger.models import LedgerError
+from framework.ledger.models import RUN_EVENT_KINDS, LedgerError
 from framework.ledger.store import (
+    KINDS,
     ChainHelper,
     Entry,
     Ledger,
     _Request,
 )
-from framework.ledger.tail import Tail
+from framework.ledger.tail import STORED, Tail
 
 BUSY_TIMEOUT_MS = 60_000
 CACHE_KIB = 32 * 1024  # page cache per connection: keeps the index pages hot while appending
@@ -253,7 +256,7 @@ class SqliteLedger(Ledger):
         tail, the events it folded are skipped."""
         tail = self._tail
         tail.sync(self._read_head)
-        if not tail.entries:
+        if not tail.digests:
             return
         (database_seq, database_hash), after_seq = self._read_head(), tail.after[0]
         if database_seq < after_seq:
@@ -268,7 +271,7 @@ class SqliteLedger(Ledger):
             stored = self._execute(
                 "SELECT hash FROM ledger_events WHERE seq = ?", (last_both,)
             ).fetchone()
-            if stored is None or stored[0] != tail.entries[last_both - after_seq - 1].digest:
+            if stored is None or stored[0] != tail.digests[last_both - after_seq - 1]:
                 raise LedgerError(
                     f"the ledger's tail file {tail.path} and its database disagree at seq {last_both}"
                 )
@@ -276,21 +279,21 @@ class SqliteLedger(Ledger):
             raise LedgerError(
                 f"the ledger's tail file {tail.path} does not continue its database's last event"
             )
-        entries = tail.entries[max(0, database_seq - after_seq) :]
-        if entries:
-            self._fold_into_tables(entries)
+        skip = max(0, database_seq - after_seq)
+        if skip < len(tail.digests):
+            self._fold_into_tables(after_seq + skip + 1, tail.bodies[skip:], tail.digests[skip:])
         if self._run_ids_upto >= after_seq:
             # The runs of the tables up to the tail's start were known and the tail's are too.
             self._run_ids_upto = tail.head[0]
         tail.clear()
 
-    def _fold_into_tables(self, entries: list[Entry]) -> None:
+    def _fold_into_tables(self, first_seq: int, bodies: list[bytes], digests: list[str]) -> None:
         if self.sync != "full":
             self._conn.execute("PRAGMA synchronous = FULL")
         try:
             self._begin_write()
             try:
-                self._store(entries)
+                self._store_tail(first_seq, bodies, digests)
                 self._commit()
             except BaseException:
                 self._rollback()
@@ -298,6 +301,60 @@ class SqliteLedger(Ledger):
         finally:
             if self.sync != "full":
                 self._conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
+
+    def _store_tail(self, first_seq: int, bodies: list[bytes], digests: list[str]) -> None:
+        """:meth:`_store` for the tail's events, given as their bodies and hashes: the event rows
+        are inserted straight from those lists, and each body is decoded only to fold it into its
+        run's state, then dropped (no object per event outlives its turn in the loop)."""
+        seqs = range(first_seq, first_seq + len(bodies))
+        decode, kinds = STORED.decode, KINDS
+        try:
+            if self._stores_index_columns:  # an older ledger: its rows carry the columns
+                self._store(
+                    [
+                        Entry(
+                            seq,
+                            body,
+                            digest,
+                            e.ts,
+                            kinds[e.kind],
+                            e.run_id,
+                            e.session_id,
+                            e.payload,
+                        )
+                        for seq, body, digest in zip(seqs, bodies, digests, strict=True)
+                        for e in (decode(body),)
+                    ]
+                )
+                return
+            self._conn.executemany(
+                "INSERT INTO ledger_events (seq, body, hash) VALUES (?, ?, ?)",
+                zip(seqs, bodies, digests, strict=True),
+            )
+            run_kinds = RUN_EVENT_KINDS
+            self._fold_runs(
+                (
+                    (seq, e.ts, kind, e.run_id, e.session_id, e.payload)
+                    for seq, body in zip(seqs, bodies, strict=True)
+                    for e in (decode(body),)
+                    if e.run_id is not None
+                    for kind in (kinds[e.kind],)
+                    if kind in run_kinds
+                ),
+                {},
+                self._load_doc,
+            )
+        except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
+            # Each body was chained when it was read, but the last one has no successor naming it.
+            raise LedgerError(
+                f"the ledger's tail file {self._tail.path} holds an event that is not a valid "
+                "event body (it was edited); run `agentic-researcher ledger verify`"
+            ) from None
+        self._store_head(seqs[-1], digests[-1])
+
+    def _load_doc(self, run_id: str) -> dict[str, Any] | None:
+        row = self._execute("SELECT doc FROM ledger_runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else msgspec.json.decode(row[0])
 
     def _create_schema(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")

@@ -199,21 +199,24 @@ def canonical_body(
     )
 
 
-_second: tuple[int, str, datetime] = (-1, "", datetime.min)  # the last second _now() formatted
+# The last second _now() formatted: (seconds, its text as a template, its datetime fields).
+_second: tuple[int, str, tuple[int, int, int, int, int, int]] = (-1, "", (1, 1, 1, 0, 0, 0))
 
 
 def _now() -> tuple[str, datetime]:
     """The time now, as stored (what :func:`utc_iso` gives) and as a datetime. Formats each second
-    once: ``isoformat`` costs more than the rest of an event's timestamping."""
+    once (``isoformat`` costs more than the rest of an event's timestamping): the cache holds the
+    second's text as a template for the microseconds, and its fields for the datetime."""
     global _second
     seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
     cached = _second  # read once: another thread may replace it meanwhile
     if seconds != cached[0]:
-        whole = datetime.fromtimestamp(seconds, UTC)
-        cached = _second = (seconds, whole.isoformat()[:19], whole)  # YYYY-MM-DDTHH:MM:SS
-    _, prefix, w = cached
-    moment = datetime(w.year, w.month, w.day, w.hour, w.minute, w.second, micros, UTC)
-    return f"{prefix}.{micros:06d}+00:00", moment
+        w = datetime.fromtimestamp(seconds, UTC)
+        parts = (w.year, w.month, w.day, w.hour, w.minute, w.second)
+        # YYYY-MM-DDTHH:MM:SS, then %06d for the microseconds
+        cached = _second = (seconds, w.isoformat()[:19] + ".%06d+00:00", parts)
+    _, template, fields = cached
+    return template % micros, datetime(*fields, micros, UTC)
 
 
 def utc_iso(moment: datetime) -> str:
@@ -492,23 +495,48 @@ class Ledger(ABC):
         runs = self._load_docs(
             {run_id for run_id, kind in first_kinds.items() if kind is not EventKind.run_submitted}
         )
-        changed: dict[str, dict[str, Any]] = {}
-        for e in entries:
-            if e.run_id is not None and e.kind in RUN_EVENT_KINDS:
-                changed[e.run_id] = runs[e.run_id] = fold_run(
-                    runs.get(e.run_id),
-                    seq=e.seq,
-                    ts=e.ts,
-                    kind=e.kind,
-                    run_id=e.run_id,
-                    session_id=e.session_id,
-                    payload=e.payload,
-                )
-        self._store_runs(changed)
+        self._fold_runs(
+            (
+                (e.seq, e.ts, e.kind, e.run_id, e.session_id, e.payload)
+                for e in entries
+                if e.run_id is not None and e.kind in RUN_EVENT_KINDS
+            ),
+            runs,
+        )
+        self._store_head(entries[-1].seq, entries[-1].digest)
+
+    def _fold_runs(
+        self,
+        events: Iterable[tuple[int, str, EventKind, str, str | None, dict[str, Any]]],
+        runs: dict[str, dict[str, Any] | None],
+        load: Callable[[str], dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Fold run events (seq, ts, kind, run_id, session_id, payload) into the run states and
+        write each changed run once. ``runs`` holds the states read so far (None: no state yet);
+        a run missing from it is read with ``load``. The states are this fold's own copies, so
+        each event changes its run's state in place."""
+        for seq, ts, kind, run_id, session_id, payload in events:
+            try:
+                doc = runs[run_id]
+            except KeyError:
+                doc = None if kind is EventKind.run_submitted or load is None else load(run_id)
+            runs[run_id] = fold_run(
+                doc,
+                seq=seq,
+                ts=ts,
+                kind=kind,
+                run_id=run_id,
+                session_id=session_id,
+                payload=payload,
+                in_place=True,
+            )
+        self._store_runs({run_id: doc for run_id, doc in runs.items() if doc is not None})
+
+    def _store_head(self, seq: int, digest: str) -> None:
         self._execute(
             "INSERT INTO ledger_head (id, seq, hash) VALUES (1, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (entries[-1].seq, entries[-1].digest),
+            (seq, digest),
         )
 
     def _load_docs(self, run_ids: set[str]) -> dict[str, dict[str, Any] | None]:

@@ -41,19 +41,32 @@ HEADER_SIZE = len(_HEADER_PREFIX) + 20 + 1 + 64 + 2
 _END = b"\n\n"
 
 
-class _Stored(msgspec.Struct):
-    """An event body as the tail holds it."""
+class _Link(msgspec.Struct, gc=False):
+    """What following the chain through another process's appends needs of an event body (the
+    payload is skipped, not decoded)."""
 
     seq: int
     ts: str
     kind: str
     run_id: str | None
     session_id: str | None
-    payload: dict[str, Any]
     prev_hash: str
 
 
-_STORED = msgspec.json.Decoder(_Stored)
+_LINK = msgspec.json.Decoder(_Link)
+
+
+class Stored(msgspec.Struct, gc=False):
+    """An event body as the fold reads it back from the tail's bytes."""
+
+    ts: str
+    kind: str
+    run_id: str | None
+    session_id: str | None
+    payload: dict[str, Any]
+
+
+STORED = msgspec.json.Decoder(Stored)
 
 
 _VERSION_SIZE = 8
@@ -117,7 +130,10 @@ class Tail:
         self._end = 0  # bytes of whole appends seen so far
         self.head: tuple[int, str] = (0, "")  # (seq, hash) of the last event in the ledger
         self.after: tuple[int, str] = (0, "")  # the head the tail continues from
-        self.entries: list[Entry] = []  # the events in the tail, in order
+        # The events in the tail, in order (seq ``after[0] + 1 + i``): their bodies and hashes
+        # only, which the garbage collector does not track (the fold decodes each body again).
+        self.bodies: list[bytes] = []
+        self.digests: list[str] = []
 
     def close(self) -> None:
         self._versions.release()
@@ -204,7 +220,7 @@ class Tail:
                 os.ftruncate(self._fd, self._end + whole)  # an append whose writer died mid-write
             self._take(new[:whole])
             self._end += whole
-        if not self.entries:  # a header alone (its events were cut off): start afresh
+        if not self.digests:  # a header alone (its events were cut off): start afresh
             self._changing()
             os.ftruncate(self._fd, 0)
             self._forget()
@@ -217,7 +233,7 @@ class Tail:
             if not line:
                 continue
             try:
-                event = _STORED.decode(line)
+                event = _LINK.decode(line)
                 kind = KINDS[event.kind]
             except (msgspec.DecodeError, KeyError):
                 event = None
@@ -227,12 +243,10 @@ class Tail:
                     "there was edited, removed or reordered); run `agentic-researcher ledger verify`"
                 )
             seq, digest = event.seq, hashlib.sha256(line).hexdigest()
-            entry = Entry(
-                seq, line, digest, event.ts, kind, event.run_id, event.session_id, event.payload
-            )
-            if entry.run_id is not None and kind in RUN_EVENT_KINDS:
-                self.run_ids.add(entry.run_id)
-            self.entries.append(entry)
+            if event.run_id is not None and kind in RUN_EVENT_KINDS:
+                self.run_ids.add(event.run_id)
+            self.bodies.append(line)
+            self.digests.append(digest)
         self.head = (seq, digest)
 
     def append(self, appends: list[list[Entry]], run_ids: set[str]) -> None:
@@ -262,11 +276,15 @@ class Tail:
         self._end += len(data)
         if self._seen_version == version - 1:  # what this process saw, plus what it wrote
             self._seen_version = version
+        bodies, digests = self.bodies, self.digests
         for entries in appends:
-            self.entries.extend(entries)
-        last = self.entries[-1]
+            for entry in entries:
+                bodies.append(entry.body)
+                digests.append(entry.digest)
+        last = appends[-1][-1]
         self.head = (last.seq, last.digest)
-        self.run_ids |= run_ids
+        if run_ids:
+            self.run_ids |= run_ids
 
     @property
     def size(self) -> int:

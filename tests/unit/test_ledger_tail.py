@@ -268,3 +268,79 @@ def test_a_writer_that_dies_after_counting_its_change_makes_the_others_read_the_
     assert b'"seq":2,"ts":"2026"' not in tail_bytes(url)
     assert [e.run_id for e in ledger.events()] == ["r1", "r2"]
     assert ledger.verify().ok
+
+
+def test_the_tail_keeps_its_events_as_bytes_that_the_garbage_collector_does_not_track(
+    ledger: Ledger,
+) -> None:
+    import gc
+
+    submit(ledger, "warm-up")
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(300):
+        ledger.append("run_submitted", run_id=f"r{i}", payload={"tags": ["a"], "params": {"x": i}})
+    tail = ledger._tail  # type: ignore[attr-defined]
+    assert len(tail.bodies) == len(tail.digests) == 301
+    assert all(type(body) is bytes for body in tail.bodies)
+    assert all(type(digest) is str for digest in tail.digests)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100  # not one (or more) tracked object per event
+    assert [run.run_id for run in ledger.runs()][-1] == "r299"
+    assert ledger.run("r7").params == {"x": 7}
+
+
+def test_a_run_whose_events_are_folded_in_separate_folds_gets_its_whole_state(url: str) -> None:
+    with open_ledger(url) as ledger:
+        ledger.append("run_submitted", run_id="r1", payload={"experiment": "e", "tags": ["a"]})
+        ledger.head()  # fold
+        ledger.append("run_started", run_id="r1", payload={"nodes": ["n1"]})
+    with open_ledger(url) as other:  # folded by another process, which reads the state
+        other.append("run_finished", run_id="r1", payload={"exit_code": 0, "metrics": {"ppl": 3}})
+        run = other.run("r1")
+    assert (run.state, run.experiment, run.tags, run.nodes) == ("finished", "e", ["a"], ["n1"])
+    assert (run.exit_code, run.metrics, run.first_seq, run.last_seq) == (0, {"ppl": 3}, 1, 3)
+    assert run.started_at is not None and run.ended_at is not None
+
+
+def test_an_edited_last_event_in_the_tail_that_is_no_event_body_is_refused_not_folded(
+    ledger: Ledger, url: str
+) -> None:
+    submit(ledger, "r1")
+    path = tail_path(Path(url.removeprefix("sqlite://")))
+    path.write_bytes(path.read_bytes().replace(b'"payload":{"experiment":"tail"}', b'"payload":5'))
+    with open_ledger(url) as reader:
+        with pytest.raises(LedgerError, match="tail file"):
+            reader.runs()
+        assert not reader.verify().ok
+    assert table_seqs(url) == []
+
+
+def test_fold_run_in_place_gives_the_same_state_as_folding_copies() -> None:
+    from framework.ledger.models import EventKind, fold_run
+
+    events = [
+        (1, "t1", EventKind.run_submitted, {"experiment": "e", "tags": ["a"], "params": {"x": 1}}),
+        (2, "t2", EventKind.run_started, {"nodes": ["n1"], "tags": ["b", "a"]}),
+        (3, "t3", EventKind.run_finished, {"exit_code": 0, "params": {"y": 2}}),
+    ]
+    copied: dict | None = None
+    owned: dict | None = None
+    snapshots = []
+    for seq, ts, kind, payload in events:
+        copied = fold_run(
+            copied, seq=seq, ts=ts, kind=kind, run_id="r", session_id="s", payload=payload
+        )
+        snapshots.append(dict(copied))
+        owned = fold_run(
+            owned,
+            seq=seq,
+            ts=ts,
+            kind=kind,
+            run_id="r",
+            session_id="s",
+            payload=payload,
+            in_place=True,
+        )
+        assert owned == copied
+    assert snapshots[0]["state"] != snapshots[-1]["state"]  # copies were not changed afterwards
