@@ -37,6 +37,27 @@ class EventKind(StrEnum):
     ERROR = "error"
 
 
+class Kinds:
+    """The members of :class:`EventKind` as plain class attributes, for code that runs per event:
+    ``EventKind.USER`` goes through the enum metaclass's attribute hook (about 0.13 µs in CPython
+    3.11, ten times a global), ``Kinds.USER`` does not. Same objects: ``Kinds.USER is EventKind.USER``."""
+
+    USER = EventKind.USER
+    ASSISTANT = EventKind.ASSISTANT
+    THINKING = EventKind.THINKING
+    TOOL_CALL = EventKind.TOOL_CALL
+    SHELL_COMMAND = EventKind.SHELL_COMMAND
+    FILE_EDIT = EventKind.FILE_EDIT
+    TOOL_RESULT = EventKind.TOOL_RESULT
+    TOKEN_USAGE = EventKind.TOKEN_USAGE
+    COMPACTION = EventKind.COMPACTION
+    SUBAGENT_START = EventKind.SUBAGENT_START
+    SUBAGENT_END = EventKind.SUBAGENT_END
+    SESSION_START = EventKind.SESSION_START
+    SUMMARY = EventKind.SUMMARY
+    ERROR = EventKind.ERROR
+
+
 class Event(msgspec.Struct, kw_only=True, gc=False):
     """One thing that happened in a session, normalized across agent CLIs.
 

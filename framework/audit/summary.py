@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from framework.audit.events import Event, EventKind
+from framework.audit.events import Event, Kinds
 
 MAX_COMMANDS = 500
 TOKEN_FIELDS = (
@@ -109,16 +109,16 @@ class SummaryBuilder:
         tool = event.tool
         if tool:
             self.tools[tool] = self.tools.get(tool, 0) + 1
-        if kind is EventKind.SHELL_COMMAND:
+        if kind is Kinds.SHELL_COMMAND:
             self.commands_total += 1
             if len(self.commands) < MAX_COMMANDS and event.command:
                 self.commands.append(event.command[:300])
             if event.call_id and len(self.shell_ids) < 100_000:
                 self.shell_ids.add(event.call_id)
-        elif kind is EventKind.TOOL_RESULT:
+        elif kind is Kinds.TOOL_RESULT:
             if event.failed and event.call_id in self.shell_ids:
                 self.commands_failed += 1
-        elif kind is EventKind.FILE_EDIT and event.path:
+        elif kind is Kinds.FILE_EDIT and event.path:
             change = self.files.get(event.path)
             if change is None:
                 if len(self.files) < 10_000:
@@ -128,7 +128,7 @@ class SummaryBuilder:
                 counts[0] += 1
                 if event.op and event.op not in ops:
                     ops.append(event.op)
-        elif kind is EventKind.TOKEN_USAGE:
+        elif kind is Kinds.TOKEN_USAGE:
             name = event.model or "(unknown model)"
             usage = self.usage.get(name)
             if usage is None:
@@ -175,6 +175,6 @@ class SummaryBuilder:
             prices_as_of=str(price_table()["as_of"]),
             started=self.started,
             ended=self.ended,
-            subagents=self.kinds.get(EventKind.SUBAGENT_START, 0),
-            compactions=self.kinds.get(EventKind.COMPACTION, 0),
+            subagents=self.kinds.get(Kinds.SUBAGENT_START, 0),
+            compactions=self.kinds.get(Kinds.COMPACTION, 0),
         )

@@ -271,3 +271,32 @@ def test_codex_blank_line_and_two_records_on_one_line_move_no_event(tmp_path: Pa
     assert [damaged[e.line - 1] for e in report.timeline] == [
         lines[e.line - 1] for e in plain.timeline
     ]
+
+
+def test_codex_lines_outside_the_decoders_union_are_read_and_counted_as_before(
+    tmp_path: Path,
+) -> None:
+    """Lines are decoded into a tagged union of the record types the reader knows; a line it does
+    not take (a new event type, a new record type, a known type with a mistyped field) is decoded
+    again as a general item: unknown types are reported, a mistyped record is corrupt."""
+    lines = CODEX.read_text().splitlines()
+    extra = [
+        '{"timestamp":"2026-11-21T09:00:09.000Z","type":"event_msg",'
+        '"payload":{"type":"hologram_started","id":"h1"}}',
+        '{"timestamp":"2026-11-21T09:00:09.000Z","type":"future_record","payload":{"x":1}}',
+        '{"timestamp":"2026-11-21T09:00:09.000Z","type":"event_msg",'
+        '"payload":{"type":"token_count","role":5}}',
+        '{"timestamp":"2026-11-21T09:00:09.000Z","type":"world_state","payload":{"role":5}}',
+    ]
+    path = tmp_path / "rollout.jsonl"
+    path.write_text("\n".join([*lines[:2], *extra, *lines[2:]]) + "\n")
+    report, plain = audit(path), audit(CODEX)
+    assert report.reader.unknown_record_types == {
+        **plain.reader.unknown_record_types,
+        "codex:event_msg:hologram_started": 1,
+        "codex:future_record": 1,
+    }
+    assert report.reader.corrupt_lines == 1
+    assert report.reader.corrupt_examples[0].startswith(f"{path.name}:5:")
+    assert report.reader.skipped_lines == plain.reader.skipped_lines + 1
+    assert kinds(report) == kinds(plain)

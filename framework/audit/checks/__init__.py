@@ -28,7 +28,7 @@ from framework.audit.checks.rules import (
 )
 from framework.audit.checks.secret import SecretAccess, has_secret_hint
 from framework.audit.checks.shell import split_command
-from framework.audit.events import Event, EventKind
+from framework.audit.events import Event, EventKind, Kinds
 
 STREAMING = (
     ProtectedPathModified,
@@ -85,7 +85,7 @@ class Checker:
             check.severity = ctx.config.severity.get(check.id, check.severity)
         # bound methods per event kind, without the checks that cannot find anything here
         active = [c for c in self.checks if c.applies(ctx)]
-        shell = EventKind.SHELL_COMMAND
+        shell = Kinds.SHELL_COMMAND
         self.by_kind = {
             kind: [
                 c.observe
@@ -101,7 +101,7 @@ class Checker:
         kind = event.kind
         ctx = self.ctx
         argv = None
-        if kind is EventKind.SHELL_COMMAND and event.command:
+        if kind is Kinds.SHELL_COMMAND and event.command:
             argv, observers = self._shell(event.command)
             for observe in observers:
                 observe(event, argv, ctx)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from framework.audit.checks.base import CheckContext, Severity, StreamingCheck
 from framework.audit.checks.shell import git_subcommand
-from framework.audit.events import Event, EventKind
+from framework.audit.events import Event, EventKind, Kinds
 
 NETWORK_PROGRAMS = frozenset(
     {
@@ -97,7 +97,7 @@ def is_loopback(host: str) -> bool:
 
 def network_attempts(event: Event, argv: list[list[str]] | None) -> list[Attempt]:
     """Network attempts of a web tool call or a shell command (one per host it names)."""
-    if event.kind is EventKind.TOOL_CALL:
+    if event.kind is Kinds.TOOL_CALL:
         tool = event.tool or ""
         if tool.lower() not in WEB_TOOLS:
             return []

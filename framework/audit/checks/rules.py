@@ -8,7 +8,7 @@ from collections import Counter
 from framework.audit.checks.base import CheckContext, Finding, Severity, StreamingCheck
 from framework.audit.checks.network import NETWORK_PROGRAMS
 from framework.audit.checks.shell import git_subcommand
-from framework.audit.events import Event, EventKind, EventRecord
+from framework.audit.events import Event, EventKind, EventRecord, Kinds
 
 WRITE_PROGRAMS = frozenset(
     {
@@ -45,7 +45,7 @@ tokenized: the cheap test that keeps long sessions fast."""
 
 def _changed_paths(event: Event, argv: list[list[str]] | None) -> list[tuple[str, str]]:
     """``(path, how)`` for every file an edit or a shell command writes, moves or deletes."""
-    if event.kind is EventKind.FILE_EDIT and event.path:
+    if event.kind is Kinds.FILE_EDIT and event.path:
         return [(event.path, event.op or "edit")]
     found: list[tuple[str, str]] = []
     for words in argv or ():
@@ -249,18 +249,18 @@ class SuccessAfterFailure(StreamingCheck):
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
         kind = event.kind
-        if kind is EventKind.SHELL_COMMAND and event.call_id:
+        if kind is Kinds.SHELL_COMMAND and event.call_id:
             if len(self.shell_calls) > 4096:
                 self.shell_calls.clear()
             self.shell_calls[event.call_id] = event.command or ""
-        elif kind is EventKind.TOOL_RESULT and event.call_id in self.shell_calls:
+        elif kind is Kinds.TOOL_RESULT and event.call_id in self.shell_calls:
             command = self.shell_calls.pop(event.call_id or "")
             if event.failed:
                 self.failure = event
                 self.failure_command = command
             else:
                 self.failure = None
-        elif kind is EventKind.ASSISTANT and self.failure is not None and event.text:
+        elif kind is Kinds.ASSISTANT and self.failure is not None and event.text:
             match = _success_claim(event.text)
             if match:
                 code = self.failure.exit_code
@@ -308,11 +308,11 @@ class FailingCommandLoop(StreamingCheck):
         self.first: dict[str, EventRecord] = {}
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if event.kind is EventKind.SHELL_COMMAND and event.call_id:
+        if event.kind is Kinds.SHELL_COMMAND and event.call_id:
             if len(self.shell_calls) > 4096:
                 self.shell_calls.clear()
             self.shell_calls[event.call_id] = event.command or ""
-        elif event.kind is EventKind.TOOL_RESULT and event.call_id in self.shell_calls:
+        elif event.kind is Kinds.TOOL_RESULT and event.call_id in self.shell_calls:
             command = self.shell_calls.pop(event.call_id or "")
             if not event.failed:
                 return

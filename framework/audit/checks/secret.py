@@ -13,7 +13,7 @@ import re
 
 from framework.audit.checks.base import CheckContext, Severity, StreamingCheck
 from framework.audit.checks.shell import git_subcommand, split_command
-from framework.audit.events import Event, EventKind
+from framework.audit.events import Event, EventKind, Kinds
 from framework.sandbox.spec import SANDBOX_HOME
 
 SECRET_HINTS = (
@@ -125,12 +125,12 @@ class SecretAccess(StreamingCheck):
     kinds = PATH_TOOLS
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if event.kind is EventKind.SHELL_COMMAND:
+        if event.kind is Kinds.SHELL_COMMAND:
             self._observe_shell(event, argv)
             return
         path = event.path or ""
         candidates = [path] if has_secret_hint(path) else []
-        if event.kind is EventKind.TOOL_CALL and (event.tool or "").lower() in GLOB_TOOLS:
+        if event.kind is Kinds.TOOL_CALL and (event.tool or "").lower() in GLOB_TOOLS:
             pattern = (event.text or "").removeprefix("pattern: ")
             if has_secret_hint(pattern):
                 candidates += [pattern, f"{path}/{pattern}"]

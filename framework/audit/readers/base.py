@@ -303,7 +303,8 @@ def decode_records(
     decoder: msgspec.json.Decoder[T],
     state: ReadState,
     unused: Callable[[Line], bool] | None = None,
-) -> Iterator[tuple[Block, Iterable[int], list[T]]]:
+    fallback: msgspec.json.Decoder[Any] | None = None,
+) -> Iterator[tuple[Block, Iterable[int], list[Any]]]:
     """What :func:`decode_lines` reads, a block of lines at a time: ``(block, line numbers,
     records)``. One call decodes a megabyte of lines: for formats where most lines matter, the
     per-line work in Python would cost more than the decoding.
@@ -312,6 +313,11 @@ def decode_records(
     many records as it has lines: one record per line, as JSONL writers put them. Otherwise its
     lines are decoded one by one with the accounting of :func:`decode_lines` (blank, corrupt,
     unused, cut off).
+
+    ``fallback``: a second decoder for the lines ``decoder`` refuses when decoded one by one (its
+    records are yielded instead, and its error decides how a line that neither reads is counted).
+    A reader can then decode with a narrow, fast type (a tagged union of the records it knows)
+    and still read, and count, everything else exactly as a general type would.
     """
     source = path.name
     decode, decode_block = decoder.decode, decoder.decode_lines
@@ -337,7 +343,16 @@ def decode_records(
             try:
                 records.append(decode(line))
             except msgspec.DecodeError as exc:
-                _undecodable(state, source, first + offset, line, last, exc, unused)
+                error = exc
+                if fallback is not None:
+                    try:
+                        records.append(fallback.decode(line))
+                    except msgspec.DecodeError as again:
+                        error = again
+                    else:
+                        numbers.append(first + offset)
+                        continue
+                _undecodable(state, source, first + offset, line, last, error, unused)
                 continue
             numbers.append(first + offset)
         state.records += len(records)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 from msgspec.structs import replace
 
-from framework.audit.events import Event, EventKind, clip, parse_timestamp
+from framework.audit.events import Event, Kinds, clip, parse_timestamp
 from framework.audit.readers.base import Line, ReadState, decode_records
 from framework.audit.readers.tools import tool_call_events
 
@@ -85,6 +85,54 @@ class Item(msgspec.Struct, gc=False):
 _decoder = msgspec.json.Decoder(Item)
 
 
+class _Envelope(msgspec.Struct, tag_field="type", gc=False):
+    """A rollout line ``{"timestamp", "type", "payload"}``. The classes below, one per ``type``,
+    form a tagged union: the decoder picks each line's shape from its ``type``, in C."""
+
+
+class _EventPayload(msgspec.Struct, tag_field="type", gc=False):
+    """The payload of an ``event_msg`` line, by its ``type``."""
+
+
+_ITEM_FIELDS = [
+    (f.name, f.type, f.default) for f in msgspec.structs.fields(Item) if f.name != "type"
+]
+"""The fields of :class:`Item` but ``type`` (the tag). A record the audit reads declares all of
+them, so each line is checked exactly as when it was decoded as an :class:`Item`: it reads, or is
+refused (and then read as an :class:`Item` again, and counted as before), in the same cases."""
+
+
+def _shape(name: str, base: type, tag: str, fields: list[Any]) -> type:
+    return msgspec.defstruct(f"_{name}", fields, bases=(base,), tag=tag, gc=False)
+
+
+_TokenCount = _shape("TokenCount", _EventPayload, "token_count", _ITEM_FIELDS)
+_ErrorMsg = _shape("ErrorMsg", _EventPayload, "error", _ITEM_FIELDS)
+_UI = {_shape(f"UI_{name}", _EventPayload, name, []): name for name in sorted(UI_EVENTS)}
+"""UI events declare no field: whatever they hold is skipped, never built (they were ignored
+before too, when their payload did not fit :class:`Item`: see :func:`_unused`)."""
+_EVENT_KIND: dict[type, str] = {_TokenCount: "token_count", _ErrorMsg: "error", **_UI}
+_EVENT_PAYLOAD = Union[tuple(_EVENT_KIND)] | None  # type: ignore[valid-type]  # noqa: UP007
+_OUTER: dict[type, str] = {
+    **{
+        _shape(name, _Envelope, name, _ITEM_FIELDS): name
+        for name in ("session_meta", "turn_context", "response_item", "compacted")
+    },
+    _shape(
+        "event_msg",
+        _Envelope,
+        "event_msg",
+        [f if f[0] != "payload" else ("payload", _EVENT_PAYLOAD, None) for f in _ITEM_FIELDS],
+    ): "event_msg",
+    **{_shape(name, _Envelope, name, []): "quiet" for name in sorted(QUIET_ENVELOPES)},
+}
+"""The record classes and what each is; ``quiet`` records (see :data:`QUIET_ENVELOPES`) declare no
+field, like UI events."""
+_records = msgspec.json.Decoder(Union[tuple(_OUTER)])  # noqa: UP007
+"""The fast decoder: a line of a known record type decodes into its class; any other line is
+decoded again as an :class:`Item` (``fallback`` of :func:`decode_records`), as it was before."""
+
+
 class _PayloadHead(msgspec.Struct, gc=False):
     type: str = ""
 
@@ -111,11 +159,15 @@ def _unused(line: Line) -> bool:
 
 
 class CodexReader:
-    """Lines are decoded a block at a time (:func:`decode_records`), straight into :class:`Item`:
-    fields it does not declare, such as ``base_instructions`` or ``encrypted_content``, are
-    skipped by the decoder, never built as Python objects. In a rollout most lines are records the
-    audit uses, so recognizing the others from their first bytes (as the Claude Code reader does)
-    would cost more per line than it saves."""
+    """Lines are decoded a block at a time (:func:`decode_records`) into a tagged union of the
+    record types (:data:`_OUTER`): the decoder picks each line's class from its ``type``, in C.
+    Records the audit reads declare the fields of :class:`Item`; fields they do not declare, such
+    as ``base_instructions`` or ``encrypted_content``, are skipped by the decoder, never built as
+    Python objects, and the records it ignores (UI events, ``world_state``, usage records)
+    declare none, so nothing of them is built. A line of a type the union does not know (an
+    older rollout, a new event) is decoded again as an :class:`Item` and read as before. In a
+    rollout most lines are records the audit uses, so recognizing the others from their first
+    bytes (as the Claude Code reader does) would cost more per line than it saves."""
 
     name = "codex"
 
@@ -124,21 +176,32 @@ class CodexReader:
         model: str | None = None
         last_total = (0, 0, 0, 0)
         checked: set[str] = set()
-        for block, numbers, records in decode_records(path, _decoder, state, _unused):
+        outers = _OUTER
+        for block, numbers, records in decode_records(path, _records, state, _unused, _decoder):
             skipped = 0
             for number, rec in zip(numbers, records, strict=True):
-                outer = rec.type
-                if outer in ENVELOPE_TYPES:
+                outer = outers.get(type(rec))
+                if outer is None:  # an Item: a line the union did not take, read as before
+                    outer = rec.type
+                    if outer in ENVELOPE_TYPES:
+                        item = rec.payload
+                        if item is None:
+                            continue
+                    elif outer in QUIET_ENVELOPES:
+                        skipped += 1
+                        continue
+                    else:  # an older rollout: the item itself, without the envelope
+                        item = rec
+                        outer = "response_item" if outer else "session_meta"
+                    kind = item.type
+                elif outer == "quiet":
+                    skipped += 1
+                    continue
+                else:
                     item = rec.payload
                     if item is None:
                         continue
-                elif outer in QUIET_ENVELOPES:
-                    skipped += 1
-                    continue
-                else:  # an older rollout: the item itself, without the envelope
-                    item = rec
-                    outer = "response_item" if outer else "session_meta"
-                kind = item.type
+                    kind = item.type if outer != "event_msg" else _EVENT_KIND[type(item)]
                 if outer == "event_msg":
                     if kind in UI_EVENTS:
                         skipped += 1
@@ -152,7 +215,7 @@ class CodexReader:
                             last_total = total
                     elif kind == "error":
                         yield Event(
-                            kind=EventKind.ERROR,
+                            kind=Kinds.ERROR,
                             source=source,
                             line=number,
                             ts=parse_timestamp(rec.timestamp),
@@ -170,7 +233,7 @@ class CodexReader:
                     model = item.model or model
                 elif outer == "session_meta":
                     yield Event(
-                        kind=EventKind.SESSION_START,
+                        kind=Kinds.SESSION_START,
                         source=source,
                         line=number,
                         ts=parse_timestamp(rec.timestamp or item.timestamp),
@@ -178,7 +241,7 @@ class CodexReader:
                     )
                 else:  # compacted
                     yield Event(
-                        kind=EventKind.COMPACTION,
+                        kind=Kinds.COMPACTION,
                         source=source,
                         line=number,
                         ts=parse_timestamp(rec.timestamp or item.timestamp),
@@ -206,7 +269,7 @@ class CodexReader:
                 return ()
             return [
                 Event(
-                    kind=EventKind.ASSISTANT if role == "assistant" else EventKind.USER,
+                    kind=Kinds.ASSISTANT if role == "assistant" else Kinds.USER,
                     source=source,
                     line=number,
                     ts=ts,
@@ -218,7 +281,7 @@ class CodexReader:
         if kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             return [_result(item, source, number, ts)]
         call = Event(
-            kind=EventKind.TOOL_CALL,
+            kind=Kinds.TOOL_CALL,
             source=source,
             line=number,
             ts=ts,
@@ -239,7 +302,7 @@ class CodexReader:
             return [
                 replace(
                     call,
-                    kind=EventKind.THINKING,
+                    kind=Kinds.THINKING,
                     call_id=None,
                     model=None,
                     text=clip(text),
@@ -271,7 +334,7 @@ def _usage(
     """Token usage since the last ``token_count``: rollouts record running totals."""
     inputs, cached, outputs, reasoning = (max(0, a - b) for a, b in zip(total, last, strict=True))
     return Event(
-        kind=EventKind.TOKEN_USAGE,
+        kind=Kinds.TOKEN_USAGE,
         source=source,
         line=number,
         ts=parse_timestamp(timestamp),
@@ -316,7 +379,7 @@ def _result(item: Item, source: str, number: int, ts: float | None) -> Event:
             decoded if isinstance(decoded, str) else start[:500].decode(errors="replace"), 500
         )
     return Event(
-        kind=EventKind.TOOL_RESULT,
+        kind=Kinds.TOOL_RESULT,
         source=source,
         line=number,
         ts=ts,

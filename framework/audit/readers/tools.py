@@ -7,7 +7,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from framework.audit.events import Event, EventKind, clip
+from framework.audit.events import Event, Kinds, clip
 
 SHELL_TOOLS = frozenset(
     {
@@ -75,18 +75,16 @@ def tool_call_events(base: Event, name: str, args: Any) -> list[Event]:
         command = command_text(args.get("command")) or command_text(args.get("cmd"))
         if command is not None and command.startswith("apply_patch"):
             return _patch_events(base, name, command)
-        return [replace(base, kind=EventKind.SHELL_COMMAND, tool=name, command=clip(command))]
+        return [replace(base, kind=Kinds.SHELL_COMMAND, tool=name, command=clip(command))]
     if key in PATCH_TOOLS:
         patch = args.get("input") or args.get("patch") or args.get("patchText")
         if isinstance(patch, str):
             return _patch_events(base, name, patch)
     if key in EDIT_TOOLS:
         path = _path(args)
-        return [replace(base, kind=EventKind.FILE_EDIT, tool=name, path=path, op=EDIT_TOOLS[key])]
+        return [replace(base, kind=Kinds.FILE_EDIT, tool=name, path=path, op=EDIT_TOOLS[key])]
     return [
-        replace(
-            base, kind=EventKind.TOOL_CALL, tool=name, path=_path(args), text=clip(_summary(args))
-        )
+        replace(base, kind=Kinds.TOOL_CALL, tool=name, path=_path(args), text=clip(_summary(args)))
     ]
 
 
@@ -94,8 +92,7 @@ def _patch_events(base: Event, name: str, patch: str) -> list[Event]:
     files: list[tuple[str | None, str]] = list(patch_files(patch)) or [(None, "edit")]
     kept = clip(patch)
     return [
-        replace(base, kind=EventKind.FILE_EDIT, tool=name, path=p, op=op, patch=kept)
-        for p, op in files
+        replace(base, kind=Kinds.FILE_EDIT, tool=name, path=p, op=op, patch=kept) for p, op in files
     ]
 
 
