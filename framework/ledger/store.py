@@ -160,8 +160,9 @@ def _chain(
     return entries, events, runs
 
 
-class _Envelope(msgspec.Struct):
-    """The chained fields of an event body, decoded without its payload (exact verification)."""
+class Envelope(msgspec.Struct, gc=False):
+    """The chained fields of an event body, decoded without its payload: exact verification, and
+    following the chain through another process's appends to the tail."""
 
     seq: int
     ts: str
@@ -171,7 +172,7 @@ class _Envelope(msgspec.Struct):
     prev_hash: str
 
 
-_ENVELOPE = msgspec.json.Decoder(_Envelope)
+ENVELOPE = msgspec.json.Decoder(Envelope)
 _ENCODER = msgspec.json.Encoder(order="sorted")
 
 
@@ -838,7 +839,7 @@ def _event_problem(
     if hashlib.sha256(body).hexdigest() != digest:
         return "content does not match its hash (the event was edited)"
     try:
-        env = _ENVELOPE.decode(body)
+        env = ENVELOPE.decode(body)
     except msgspec.DecodeError as exc:
         return f"body is not a valid event ({exc})"
     if env.seq != seq:

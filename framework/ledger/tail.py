@@ -34,26 +34,11 @@ from typing import Any
 import msgspec
 
 from framework.ledger.models import RUN_EVENT_KINDS, LedgerError
-from framework.ledger.store import KINDS, Entry
+from framework.ledger.store import ENVELOPE, KINDS, Entry
 
 _HEADER_PREFIX = b"ledger-tail after "
 HEADER_SIZE = len(_HEADER_PREFIX) + 20 + 1 + 64 + 2
 _END = b"\n\n"
-
-
-class _Link(msgspec.Struct, gc=False):
-    """What following the chain through another process's appends needs of an event body (the
-    payload is skipped, not decoded)."""
-
-    seq: int
-    ts: str
-    kind: str
-    run_id: str | None
-    session_id: str | None
-    prev_hash: str
-
-
-_LINK = msgspec.json.Decoder(_Link)
 
 
 class Stored(msgspec.Struct, gc=False):
@@ -233,7 +218,7 @@ class Tail:
             if not line:
                 continue
             try:
-                event = _LINK.decode(line)
+                event = ENVELOPE.decode(line)
                 kind = KINDS[event.kind]
             except (msgspec.DecodeError, KeyError):
                 event = None
