@@ -107,14 +107,9 @@ def opencode_config(url: str, model: str = "scripted-model") -> dict[str, Any]:
 
 def opencode_env(url: str, model: str = "scripted-model") -> dict[str, str]:
     """Variables that give OpenCode :func:`opencode_config` and keep it off the network otherwise."""
-    return {
-        "OPENCODE_CONFIG_CONTENT": json.dumps(opencode_config(url, model)),
-        "OPENCODE_DISABLE_MODELS_FETCH": "1",
-        "OPENCODE_DISABLE_AUTOUPDATE": "1",
-        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
-        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
-        "OPENCODE_DISABLE_SHARE": "1",
-    }
+    from framework.agents.opencode import PROFILE  # the switches the launcher also sets
+
+    return {"OPENCODE_CONFIG_CONTENT": json.dumps(opencode_config(url, model)), **PROFILE.env}
 
 
 def write_opencode_home(home: Path, url: str, model: str = "scripted-model") -> dict[str, str]:
