@@ -80,6 +80,7 @@ class LocalScheduler:
         self._cancel_on_start: set[str] = set()
         self._cond = threading.Condition()
         self._stopped = False
+        self._reporting = 0  # exit callbacks under way: stop() waits for them
         self._thread = threading.Thread(target=self._loop, name="local-scheduler", daemon=True)
         self._thread.start()
 
@@ -143,10 +144,14 @@ class LocalScheduler:
         with self._cond:
             return len(self._pending), len(self._running)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop starting runs and reporting exits. Running jobs go on: a broker started later
+        adopts them and records how they ended (the runner writes that to the run dir). Returns
+        once no exit callback is under way, so the caller may close what they write to."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+            self._cond.wait_for(lambda: self._reporting == 0, timeout=timeout_s)
         self._thread.join(timeout=5)
 
     def _cpu_slots_free(self) -> int:
@@ -229,7 +234,15 @@ class LocalScheduler:
                 self._free.extend(running.devices)
                 self._free.sort(key=self.devices.index)
             self._cond.notify_all()
-        self._on_exited(run_id, code)
+            if self._stopped:  # the broker is closing its ledger; the next one records the end
+                return
+            self._reporting += 1
+        try:
+            self._on_exited(run_id, code)
+        finally:
+            with self._cond:
+                self._reporting -= 1
+                self._cond.notify_all()
 
     def _release(self, run_id: str, devices: list[str]) -> None:
         with self._cond:

@@ -95,3 +95,47 @@ def test_cancelling_a_queued_job_removes_it_before_it_starts(tmp_path: Path) -> 
     finally:
         scheduler.stop()
     assert started == ["first"]
+
+
+def _submit(scheduler: LocalScheduler, run_dir: Path, seconds: float) -> None:
+    run_dir.mkdir()
+    _task(run_dir, run_dir.name, seconds)
+
+    def prepare(devices: list[str]) -> None:
+        task = json.loads((run_dir / "task.json").read_text())
+        write_json_atomic(run_dir / "task.json", {**task, "devices": devices})
+
+    scheduler.submit(run_dir.name, run_dir, 0, prepare)
+
+
+def test_a_job_ending_after_stop_is_not_reported_to_the_stopped_owner(tmp_path: Path) -> None:
+    started, exited = threading.Event(), []
+    scheduler = LocalScheduler(
+        [], 1, lambda *_: started.set(), lambda run_id, code: exited.append(run_id)
+    )
+    _submit(scheduler, tmp_path / "late", 0.5)
+    assert started.wait(timeout=30)
+    scheduler.stop()
+    time.sleep(1.5)  # the job ends after the stop; its waiter thread must stay silent
+    assert exited == []
+    assert (tmp_path / "late" / "probe.json").is_file()  # the job itself ran to its end
+
+
+def test_stop_waits_for_an_exit_report_under_way(tmp_path: Path) -> None:
+    in_callback, release, finished = threading.Event(), threading.Event(), []
+
+    def on_exited(run_id: str, code: int | None) -> None:
+        in_callback.set()
+        release.wait(timeout=30)
+        finished.append(run_id)
+
+    scheduler = LocalScheduler([], 1, lambda *_: None, on_exited)
+    _submit(scheduler, tmp_path / "quick", 0.0)
+    assert in_callback.wait(timeout=30)
+    stopper = threading.Thread(target=scheduler.stop)
+    stopper.start()
+    time.sleep(0.3)
+    assert stopper.is_alive()  # still waiting: the owner's ledger must stay open until it returns
+    release.set()
+    stopper.join(timeout=10)
+    assert not stopper.is_alive() and finished == ["quick"]
