@@ -12,17 +12,19 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 _MARKER = b',"prev_hash":"'
 _SKIP = len(_MARKER)
 
 
-def walk(batches: Iterator[list[Any]], expected_seq: int, prev_hash: str) -> tuple[int, str] | None:
-    """Check rows ``(seq, body, hash)`` in seq order: seqs run on from ``expected_seq``, each body
-    hashes to its hash and names the hash before it. Returns (last seq, last hash) as of the rows
-    seen (``(expected_seq - 1, prev_hash)`` for none), or None at the first row that fails.
+def walk(rows: Iterable[Any], prev_hash: str) -> tuple[int, str] | None:
+    """Check rows ``(body, hash)`` in seq order: each body hashes to its hash and names the hash
+    before it (the first names ``prev_hash``). Returns (rows seen, last hash), or None at the
+    first row that fails. The rows' seqs are not read here (one column less costs a third of the
+    walk): the caller proves they run without a gap from the count of rows this returns: seqs
+    are unique integers, so a range of n seqs that holds n rows holds each seq once.
 
     ``prev_hash`` is read at its canonical place, after the last ``,"prev_hash":"`` of the body:
     every field after it (ids, seq, ts) is free of quotes, so in a body the ledger wrote, nothing in
@@ -31,39 +33,32 @@ def walk(batches: Iterator[list[Any]], expected_seq: int, prev_hash: str) -> tup
     sha256 = hashlib.sha256
     rfind: Callable[..., int] = bytes.rfind
     startswith: Callable[..., bool] = bytes.startswith
-    expected, prev, digest = expected_seq, prev_hash.encode(), prev_hash
+    prev, digest, count = prev_hash.encode(), prev_hash, 0
     try:
-        for rows in batches:
-            for seq, body, digest in rows:
-                if (
-                    seq != expected
-                    or not startswith(body, prev, rfind(body, _MARKER) + _SKIP)
-                    or sha256(body).hexdigest() != digest
-                ):
-                    return None
-                expected, prev = seq + 1, digest.encode()
-    except (AttributeError, TypeError):
+        for count, (body, digest) in enumerate(rows, 1):  # noqa: B007 - count is the result
+            if (
+                not startswith(body, prev, rfind(body, _MARKER) + _SKIP)
+                or sha256(body).hexdigest() != digest
+            ):
+                return None
+            prev = digest.encode()
+    except (AttributeError, TypeError, ValueError):
         return None  # a value of the wrong type (text body, numeric hash): not what we wrote
-    return expected - 1, digest
+    return count, digest
 
 
-def batches_of(cursor: Any, size: int = 20_000) -> Iterator[list[Any]]:
-    while rows := cursor.fetchmany(size):
-        yield rows
+RANGE_SQL = "SELECT body, hash FROM ledger_events WHERE seq BETWEEN ? AND ? ORDER BY seq"
 
 
 def _main(argv: list[str]) -> int:
     uri, first, last, prev = argv[1], int(argv[2]), int(argv[3]), argv[4]
     conn = sqlite3.connect(uri, uri=True, timeout=60)
     try:
-        cursor = conn.execute(
-            "SELECT seq, body, hash FROM ledger_events WHERE seq BETWEEN ? AND ? ORDER BY seq",
-            (first, last),
-        )
-        end = walk(batches_of(cursor), first, prev)
+        end = walk(conn.execute(RANGE_SQL, (first, last)), prev)
     finally:
         conn.close()
-    print("broken" if end is None or end[0] != last else f"{end[0]} {end[1]}")
+    # Seqs are unique integers: as many rows as seqs in first..last means each is there once.
+    print("broken" if end is None or end[0] != last - first + 1 else f"{last} {end[1]}")
     return 0
 
 

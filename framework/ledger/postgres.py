@@ -132,7 +132,9 @@ class PostgresLedger(Ledger):
 
     def _scan_cursor(self) -> Any:
         # A server-side cursor streams the chain instead of loading every event into memory.
-        return self._conn.cursor(name="ledger_verify_scan")
+        cursor = self._conn.cursor(name="ledger_verify_scan")
+        cursor.itersize = 10_000  # rows per round trip while it is iterated
+        return cursor
 
 
 def _redact(url: str) -> str:

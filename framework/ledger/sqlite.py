@@ -24,6 +24,7 @@ loses events the tables do not durably have.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -51,6 +52,10 @@ CACHE_KIB = 32 * 1024  # page cache per connection: keeps the index pages hot wh
 SYNC_LEVELS = ("normal", "full")
 DEFAULT_SYNC = "normal"
 FOLD_AT_BYTES = 1 << 20  # fold the tail into the tables once it holds this much (~3,000 events)
+FOLD_LIMIT_BYTES = 16 << 20  # beyond this an appender folds itself: the background folder is behind
+BACKGROUND_ROUNDS = 8  # unlocked rounds before the locked fold that empties the tail
+WAKE_EVERY_BYTES = FOLD_AT_BYTES // 4  # how often appenders nudge the folder while the tail grows
+SMALL_ROUND = 512  # a round this small means appenders are not outpacing the folder
 SPLIT_CHAIN_MIN_EVENTS = 100_000  # below this, starting a helper process costs more than it saves
 
 # The indexed columns are computed from the hashed body by SQLite itself, so they cannot disagree
@@ -159,6 +164,11 @@ class SqliteLedger(Ledger):
     those of the tables up to seq :attr:`_run_ids_upto` (read incrementally when another process
     has folded further), and every run of the tail (:attr:`Tail.run_ids` is this same set)."""
     _run_ids_upto = -1  # -1: the tables' runs are not read yet (the first append reads them)
+    background_fold = True
+    """Fold a large tail on a thread with its own connection, so that appenders do not wait for
+    SQLite (see :class:`_Folder`); False: the appender that fills the tail folds it."""
+    _folder: _Folder | None = None
+    _closed = False
 
     @classmethod
     def open(cls, url: str) -> SqliteLedger:
@@ -204,6 +214,12 @@ class SqliteLedger(Ledger):
         """Fold the tail into the tables (so that the database file alone holds every event, as
         far as this process can make it) and close."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._folder is not None:
+                self._folder.stop()
+                self._folder = None
             # On failure the events stay in the tail; the next reader folds them or says why not.
             with contextlib.suppress(LedgerError, OSError, sqlite3.Error):
                 self._catch_up()
@@ -225,12 +241,37 @@ class SqliteLedger(Ledger):
             if not chained:
                 return
             tail.append(chained, runs)
-            if tail.size >= FOLD_AT_BYTES:
+            size = tail.size
+            if size >= FOLD_AT_BYTES:
+                if self.background_fold and size < FOLD_LIMIT_BYTES and self._wake_folder(size):
+                    return
                 # The events are acknowledged whatever happens here; a reader folds them later.
                 with contextlib.suppress(LedgerError, sqlite3.Error):
                     self._fold()
         finally:
             tail.unlock()
+
+    def _wake_folder(self, tail_size: int) -> bool:
+        """Wake the background folder (starting one if none runs) when the tail has grown by
+        :data:`WAKE_EVERY_BYTES` since it was last woken, or was emptied since. False when no
+        folder can run: the appender then folds itself."""
+        folder = self._folder
+        if folder is None or not folder.alive():
+            if folder is not None:
+                failed = folder.failed()
+                folder.stop()
+                self._folder = None
+                if failed:
+                    self.background_fold = False
+                    return False
+            try:
+                self._folder = folder = _Folder(self.url)
+            except OSError:
+                self.background_fold = False
+                return False
+        if tail_size < folder.woken_at or tail_size - folder.woken_at >= WAKE_EVERY_BYTES:
+            folder.wake(tail_size)
+        return True
 
     def _read_run_ids(self, upto: int) -> None:
         """Add to :attr:`_run_ids` the runs the tables have beyond :attr:`_run_ids_upto` (all of
@@ -250,50 +291,55 @@ class SqliteLedger(Ledger):
                 self._fold()
 
     def _fold(self) -> None:
-        """Move the tail's events into the tables in one transaction, then empty the tail. The
-        transaction is fsynced whatever the sync level: the emptied tail must not outlive a fold
-        that a power cut could undo. If a fold committed but its process died before emptying the
-        tail, the events it folded are skipped."""
+        """Move the tail's events into the tables, then empty the tail (under the tail's lock).
+        The transaction is fsynced whatever the sync level: the emptied tail must not outlive a
+        fold that a power cut could undo. Events the tables already hold (folded by a
+        background round, or by a process that died before emptying the tail) are skipped."""
         tail = self._tail
         tail.sync(self._read_head)
         if not tail.digests:
             return
-        (database_seq, database_hash), after_seq = self._read_head(), tail.after[0]
-        if database_seq < after_seq:
-            raise LedgerError(
-                f"the ledger database {sqlite_path(self.url)} ends at seq {database_seq} but its "
-                f"tail file continues from seq {after_seq}: was the database replaced by an older copy?"
-            )
-        if database_seq > after_seq:
-            # Folded already, wholly or in part, by a process that died before emptying the tail
-            # (or whose truncation a power cut undid): the tables must hold the same events.
-            last_both = min(database_seq, tail.head[0])
-            stored = self._execute(
-                "SELECT hash FROM ledger_events WHERE seq = ?", (last_both,)
-            ).fetchone()
-            if stored is None or stored[0] != tail.digests[last_both - after_seq - 1]:
-                raise LedgerError(
-                    f"the ledger's tail file {tail.path} and its database disagree at seq {last_both}"
-                )
-        if database_seq == after_seq and tail.after[1] != database_hash:
-            raise LedgerError(
-                f"the ledger's tail file {tail.path} does not continue its database's last event"
-            )
-        skip = max(0, database_seq - after_seq)
-        if skip < len(tail.digests):
-            self._fold_into_tables(after_seq + skip + 1, tail.bodies[skip:], tail.digests[skip:])
-        if self._run_ids_upto >= after_seq:
+        self._fold_events(tail.after, tail.bodies, tail.digests)
+        if self._run_ids_upto >= tail.after[0]:
             # The runs of the tables up to the tail's start were known and the tail's are too.
             self._run_ids_upto = tail.head[0]
         tail.clear()
 
-    def _fold_into_tables(self, first_seq: int, bodies: list[bytes], digests: list[str]) -> None:
+    def _fold_round(self) -> int:
+        """Fold what the tail holds now, holding the tail's lock only to read it: appenders go
+        on meanwhile. The tail is not emptied (a locked :meth:`_fold` does that, with whatever
+        was appended since). Returns the number of events this round put into the tables."""
+        tail = self._tail
+        tail.lock()
+        try:
+            tail.sync(self._read_head)
+            after, bodies, digests = tail.after, tail.bodies[:], tail.digests[:]
+        finally:
+            tail.unlock()
+        return self._fold_events(after, bodies, digests) if digests else 0
+
+    def _fold_behind(self) -> None:
+        """The background folder's work: unlocked rounds while appenders keep adding more than a
+        small round's worth, then a locked fold of the rest, which empties the tail."""
+        with self._lock:
+            for _ in range(BACKGROUND_ROUNDS):
+                if self._fold_round() < SMALL_ROUND:
+                    break
+            self._catch_up()
+
+    def _fold_events(self, after: tuple[int, str], bodies: list[bytes], digests: list[str]) -> int:
+        """Put into the tables, in one transaction, the events of a tail continuing from
+        ``after`` that they do not hold yet. The database head is read inside the transaction,
+        so two folds of the same events (a background round and a locked fold, or two processes)
+        cannot both write them. Returns how many events were written."""
         if self.sync != "full":
             self._conn.execute("PRAGMA synchronous = FULL")
         try:
             self._begin_write()
             try:
-                self._store_tail(first_seq, bodies, digests)
+                skip = self._fold_skip(after, digests)
+                if skip < len(digests):
+                    self._store_tail(after[0] + skip + 1, bodies[skip:], digests[skip:])
                 self._commit()
             except BaseException:
                 self._rollback()
@@ -301,6 +347,33 @@ class SqliteLedger(Ledger):
         finally:
             if self.sync != "full":
                 self._conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
+        return max(0, len(digests) - skip)
+
+    def _fold_skip(self, after: tuple[int, str], digests: list[str]) -> int:
+        """How many of the tail's first events the tables hold already, after checking that the
+        tail and the tables agree where they meet (in the write transaction)."""
+        tail = self._tail
+        (database_seq, database_hash), after_seq = self._read_head(), after[0]
+        if database_seq < after_seq:
+            raise LedgerError(
+                f"the ledger database {sqlite_path(self.url)} ends at seq {database_seq} but its "
+                f"tail file continues from seq {after_seq}: was the database replaced by an older copy?"
+            )
+        if database_seq > after_seq:
+            # Folded already, wholly or in part: the tables must hold the same events.
+            last_both = min(database_seq, after_seq + len(digests))
+            stored = self._execute(
+                "SELECT hash FROM ledger_events WHERE seq = ?", (last_both,)
+            ).fetchone()
+            if stored is None or stored[0] != digests[last_both - after_seq - 1]:
+                raise LedgerError(
+                    f"the ledger's tail file {tail.path} and its database disagree at seq {last_both}"
+                )
+        elif after[1] != database_hash:
+            raise LedgerError(
+                f"the ledger's tail file {tail.path} does not continue its database's last event"
+            )
+        return database_seq - after_seq
 
     def _store_tail(self, first_seq: int, bodies: list[bytes], digests: list[str]) -> None:
         """:meth:`_store` for the tail's events, given as their bodies and hashes: the event rows
@@ -433,6 +506,58 @@ class SqliteLedger(Ledger):
 
     def _execute(self, statement: str, params: Any = ()) -> Any:
         return self._conn.execute(statement, params)
+
+
+class _Folder:
+    """A process that folds a ledger's tail into its tables while the ledger's appenders go on
+    (``python -m framework.ledger.folder URL``; see there). A thread would not do: the fold is
+    half Python, and appends and fold would take turns on one interpreter lock.
+
+    It is woken by a byte on its standard input and exits when that closes (the owner closed the
+    ledger or died) or after a while without work. If it dies, or falls behind, nothing is lost:
+    the tail keeps every acknowledged event until a fold has committed them, and past
+    :data:`FOLD_LIMIT_BYTES` the appenders fold it themselves."""
+
+    def __init__(self, url: str) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "framework.ledger.folder", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=root,
+        )
+        assert self._proc.stdin is not None
+        self._wake_fd = self._proc.stdin.fileno()
+        os.set_blocking(self._wake_fd, False)
+        self.woken_at = -1
+        """The tail's size when it was last woken (-1: never)."""
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def failed(self) -> bool:
+        """It ended with an error (it could not open the ledger, say): start no other."""
+        return self._proc.poll() not in (None, 0)
+
+    def wake(self, tail_size: int) -> None:
+        with contextlib.suppress(OSError):  # full pipe: it is awake; closed: it is gone
+            os.write(self._wake_fd, b"\n")
+        self.woken_at = tail_size
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Let it finish its fold (closing its input tells it to) and reap it."""
+        with contextlib.suppress(OSError):
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()  # safe: a fold that is cut short leaves its events in the tail
+            self._proc.wait()
 
 
 class _ChainProcess:

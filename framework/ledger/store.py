@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-from framework.ledger.chain import batches_of, walk
+from framework.ledger.chain import walk
 from framework.ledger.models import (
     GENESIS_HASH,
     RUN_EVENT_KINDS,
@@ -746,15 +746,20 @@ class Ledger(ABC):
         last = int(self._execute("SELECT coalesce(max(seq), 0) FROM ledger_events").fetchone()[0])
         helper = self._split_chain(last)
         own_last = helper.first_seq - 1 if helper else last
-        cur = self._scan_cursor()
-        try:
-            cur.execute(
-                self._sql("SELECT seq, body, hash FROM ledger_events WHERE seq <= ? ORDER BY seq"),
-                (own_last,),
-            )
-            end = walk(batches_of(cur), 1, GENESIS_HASH)
-        finally:
-            cur.close()
+        # Seqs are unique integers (the primary key): as many rows as seqs in 1..own_last, and
+        # none below 1, means every seq is there once (walk counts the rows).
+        lowest = self._execute("SELECT min(seq) FROM ledger_events").fetchone()[0]
+        end = None
+        if lowest is None or lowest >= 1:
+            cur = self._scan_cursor()
+            try:
+                cur.execute(
+                    self._sql("SELECT body, hash FROM ledger_events WHERE seq <= ? ORDER BY seq"),
+                    (own_last,),
+                )
+                end = walk(cur, GENESIS_HASH)
+            finally:
+                cur.close()
         if end is None or end[0] != own_last:
             if helper:
                 helper.cancel()

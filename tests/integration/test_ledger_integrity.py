@@ -356,3 +356,35 @@ def test_verify_falls_back_to_the_exact_pass_when_the_helper_process_fails(
         assert ledger._split_chain(40) is None  # type: ignore[attr-defined]
         report = ledger.verify()
     assert report.ok and report.events == 40
+
+
+@pytest.mark.parametrize(
+    ("renumber", "split"),
+    [
+        ({1: 0}, False),  # the first event moved before seq 1: seqs 0, 2, 3, ...
+        ({4: 6, 5: 7}, False),  # the last events moved on: a gap where seqs 4..5 were
+        ({25: 100, 30: 101}, True),  # a gap in the helper's half, chain order kept
+        ({1: -5}, True),  # a row below seq 1 while a helper walks the second half
+    ],
+)
+def test_verify_catches_renumbered_seqs_that_keep_the_chain_in_order(
+    url: str, renumber: dict[int, int], split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast walk reads bodies and hashes, not seqs: it must still refuse seqs that do not
+    run 1, 2, 3, ... even when the rows stay in chain order."""
+    from framework.ledger import sqlite as sqlite_backend
+
+    if split:
+        monkeypatch.setattr(sqlite_backend, "SPLIT_CHAIN_MIN_EVENTS", 10)
+    total = 40 if split else 5
+    with open_ledger(url) as ledger:
+        ledger.append_many([NewEvent("run_submitted", f"r{i}", None, {}) for i in range(total)])
+        ledger.head()
+        conn = raw(url)
+        drop_triggers(conn)
+        for old, new in sorted(renumber.items(), reverse=True):
+            conn.execute("UPDATE ledger_events SET seq = ? WHERE seq = ?", (new, old))
+        if max(renumber.values()) > total:  # keep the head pointing at the true last event
+            conn.execute("UPDATE ledger_head SET seq = ? WHERE id = 1", (max(renumber.values()),))
+        report = ledger.verify()
+        assert not report.ok, renumber

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,16 +158,101 @@ def test_a_fold_committed_by_a_process_that_died_before_emptying_the_tail_is_not
         assert ledger.verify().ok
 
 
-def test_the_tail_is_folded_into_the_tables_once_it_is_large(
+def test_the_appender_folds_a_large_tail_itself_without_a_background_folder(
     ledger: Ledger, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_backend, "FOLD_AT_BYTES", 2_000)
+    monkeypatch.setattr(ledger, "background_fold", False)
     for i in range(30):
         submit(ledger, f"r{i}")
     folded = table_seqs(url)
     assert 0 < len(folded) < 30  # folded by appends, with no reader involved
     assert folded == list(range(1, len(folded) + 1))
     assert len(tail_bytes(url)) < 2_000 + 500
+    assert getattr(ledger, "_folder", None) is None
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_large_tail_is_folded_by_a_background_process_while_appends_go_on(
+    ledger: Ledger, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "FOLD_AT_BYTES", 2_000)
+    monkeypatch.setattr(sqlite_backend, "WAKE_EVERY_BYTES", 1)
+    for i in range(30):
+        submit(ledger, f"r{i}")
+    folder = ledger._folder  # type: ignore[attr-defined]
+    assert folder is not None and folder.alive()
+    # No reader and no further append: the folder process alone moves the events into the tables.
+    assert wait_for(lambda: len(table_seqs(url)) >= 25)
+    folded = table_seqs(url)
+    assert folded == list(range(1, len(folded) + 1))
+    assert [e.seq for e in ledger.events()] == list(range(1, 31))
+    ledger.close()
+    assert not folder.alive()  # closing the ledger ends and reaps its folder
+    assert table_seqs(url) == list(range(1, 31)) and tail_bytes(url) == b""
+    with open_ledger(url) as again:
+        assert again.verify().ok
+
+
+def test_a_folder_whose_ledger_process_was_killed_folds_everything_and_exits(
+    url: str, tmp_path: Path
+) -> None:
+    script = (
+        "import os, sys\n"
+        "from framework.ledger import open_ledger, sqlite\n"
+        "sqlite.FOLD_AT_BYTES = 2_000\n"
+        "ledger = open_ledger(sys.argv[1])\n"
+        "for i in range(60):\n"
+        "    ledger.append('run_submitted', run_id=f'r{i}', payload={'experiment': 'e'})\n"
+        "print(ledger._folder._proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr
+    folder_pid = int(proc.stdout.split()[0])
+    assert wait_for(lambda: not _pid_alive(folder_pid))  # its input closed with its owner
+    assert table_seqs(url) == list(range(1, 61)) and tail_bytes(url) == b""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_folder_that_cannot_start_leaves_the_folding_to_the_appenders(
+    ledger: Ledger, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "FOLD_AT_BYTES", 2_000)
+    monkeypatch.setattr(sqlite_backend.sys, "executable", "/nonexistent/python")
+    for i in range(30):
+        submit(ledger, f"r{i}")
+    assert ledger.background_fold is False  # type: ignore[attr-defined]
+    assert 0 < len(table_seqs(url)) < 30 and len(tail_bytes(url)) < 2_000 + 500
+
+
+def test_appenders_fold_themselves_when_the_background_folder_falls_behind(
+    ledger: Ledger, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "FOLD_AT_BYTES", 2_000)
+    monkeypatch.setattr(sqlite_backend, "FOLD_LIMIT_BYTES", 3_000)
+    monkeypatch.setattr(sqlite_backend._Folder, "wake", lambda self, size: None)  # never woken
+    for i in range(30):
+        submit(ledger, f"r{i}")
+    assert len(tail_bytes(url)) < 3_000 + 500  # the appenders folded past the limit
+    assert len(table_seqs(url)) >= 20
 
 
 def test_closing_folds_the_tail_so_the_database_file_alone_holds_every_event(url: str) -> None:
