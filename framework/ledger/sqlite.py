@@ -53,9 +53,9 @@ SYNC_LEVELS = ("normal", "full")
 DEFAULT_SYNC = "normal"
 FOLD_AT_BYTES = 1 << 20  # fold the tail into the tables once it holds this much (~3,000 events)
 FOLD_LIMIT_BYTES = 16 << 20  # beyond this an appender folds itself: the background folder is behind
-BACKGROUND_ROUNDS = 8  # unlocked rounds before the locked fold that empties the tail
+BACKGROUND_ROUNDS = 16  # unlocked rounds before the locked fold that empties the tail
 WAKE_EVERY_BYTES = FOLD_AT_BYTES // 4  # how often appenders nudge the folder while the tail grows
-SMALL_ROUND = 512  # a round this small means appenders are not outpacing the folder
+SMALL_ROUND = 128  # a round this small means appenders are not outpacing the folder
 SPLIT_CHAIN_MIN_EVENTS = 100_000  # below this, starting a helper process costs more than it saves
 
 # The indexed columns are computed from the hashed body by SQLite itself, so they cannot disagree
@@ -316,7 +316,7 @@ class SqliteLedger(Ledger):
             after, bodies, digests = tail.after, tail.bodies[:], tail.digests[:]
         finally:
             tail.unlock()
-        return self._fold_events(after, bodies, digests) if digests else 0
+        return self._fold_events(after, bodies, digests, durable=False) if digests else 0
 
     def _fold_behind(self) -> None:
         """The background folder's work: unlocked rounds while appenders keep adding more than a
@@ -327,12 +327,25 @@ class SqliteLedger(Ledger):
                     break
             self._catch_up()
 
-    def _fold_events(self, after: tuple[int, str], bodies: list[bytes], digests: list[str]) -> int:
+    def _fold_events(
+        self,
+        after: tuple[int, str],
+        bodies: list[bytes],
+        digests: list[str],
+        *,
+        durable: bool = True,
+    ) -> int:
         """Put into the tables, in one transaction, the events of a tail continuing from
         ``after`` that they do not hold yet. The database head is read inside the transaction,
         so two folds of the same events (a background round and a locked fold, or two processes)
-        cannot both write them. Returns how many events were written."""
-        if self.sync != "full":
+        cannot both write them. Returns how many events were written.
+
+        ``durable``: the commit is fsynced whatever the ledger's sync level, as it must be before
+        the tail is emptied. A background round (``durable=False``) leaves the tail as it is, so
+        it commits at the ledger's own level; the locked fold that empties the tail fsyncs the
+        WAL, and with it every round committed before."""
+        raise_level = durable and self.sync != "full"
+        if raise_level:
             self._conn.execute("PRAGMA synchronous = FULL")
         try:
             self._begin_write()
@@ -345,7 +358,7 @@ class SqliteLedger(Ledger):
                 self._rollback()
                 raise
         finally:
-            if self.sync != "full":
+            if raise_level:
                 self._conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
         return max(0, len(digests) - skip)
 

@@ -332,6 +332,16 @@ class Ledger(ABC):
         behind it in one transaction, then wakes each of those (they return) and the request now at
         the front, which leads the next commit. Every thread is woken once per append."""
         queue, guard = self._queue, self._queue_guard
+        if not queue and self._lock.acquire(blocking=False):
+            # No commit under way and none waiting: this request commits alone, without queueing
+            # (one that queues meanwhile leads the next commit once the lock is free).
+            try:
+                self._commit_group([request])
+            finally:
+                self._lock.release()
+            if request.error is not None:
+                raise request.error
+            return request.events
         with guard:
             queue.append(request)
             leads = len(queue) == 1

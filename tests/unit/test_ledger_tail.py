@@ -430,3 +430,27 @@ def test_fold_run_in_place_gives_the_same_state_as_folding_copies() -> None:
         )
         assert owned == copied
     assert snapshots[0]["state"] != snapshots[-1]["state"]  # copies were not changed afterwards
+
+
+def test_only_the_fold_that_empties_the_tail_forces_an_fsync_of_its_commit(url: str) -> None:
+    """Background rounds leave the tail whole, so they commit at the ledger's own level; the
+    locked fold that empties the tail raises it to FULL, which also makes the rounds' WAL frames
+    durable before the tail is cut."""
+    with open_ledger(url) as ledger:
+        for i in range(5):
+            submit(ledger, f"r{i}")
+        folder = sqlite_backend.SqliteLedger.open(url)
+        statements: list[str] = []
+        folder._conn.set_trace_callback(statements.append)
+        try:
+            assert folder._fold_round() == 5
+            assert not any("synchronous" in s for s in statements)
+            assert len(tail_bytes(url)) > 0  # a round does not empty the tail
+            submit(ledger, "r5")
+            with folder._lock:
+                folder._catch_up()
+            assert "PRAGMA synchronous = FULL" in statements
+            assert tail_bytes(url) == b""
+        finally:
+            folder.close()
+        assert table_seqs(url) == list(range(1, 7))
