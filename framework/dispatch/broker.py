@@ -326,6 +326,7 @@ class Broker:
                 snapshot,
                 request.resources.world_size,
                 self.paths.sandbox_etc,
+                request.resources,
             )
         with self._lock:
             if request.client_token and request.client_token in self._tokens:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from framework.config import Settings
+    from framework.dispatch.models import Resources
     from framework.dispatch.snapshot import Snapshot
     from framework.sandbox.spec import SandboxSpec
 
@@ -93,8 +94,11 @@ def sandbox_plan(
     snapshot: Snapshot | None,
     world_size: int,
     etc_dir: Path,
+    resources: Resources | None = None,
 ) -> dict[str, Any]:
-    """The part of the job's sandbox the broker decides; stored in ``task.json`` as ``sandbox``."""
+    """The part of the job's sandbox the broker decides; stored in ``task.json`` as ``sandbox``.
+    ``resources``: what the request asked for, which a Docker job's container is limited to (the
+    Docker daemon is not inside the job's Slurm cgroup, so Slurm's limits do not reach it)."""
     from framework.sandbox.bwrap import BwrapRuntime
     from framework.sandbox.spec import BindMount, SandboxSpec
 
@@ -142,7 +146,7 @@ def sandbox_plan(
 
         return {
             **plan,
-            "template": docker_template(spec),
+            "template": docker_template(spec, resources),
             "image": spec.image,
             "uid": uid,
             "gid": gid,
@@ -151,7 +155,7 @@ def sandbox_plan(
     return {**plan, "template": BwrapRuntime().argv(spec, None, etc_dir)}
 
 
-def docker_template(spec: SandboxSpec) -> list[str]:
+def docker_template(spec: SandboxSpec, resources: Resources | None = None) -> list[str]:
     """``docker run`` for a job, with the isolation of a Docker session (framework.sandbox.docker):
     all capabilities dropped but the three the image's entrypoint needs to become ``spec.uid`` for
     good, no-new-privileges, an init, a private IPC namespace, a process limit, no network (or the
@@ -166,6 +170,12 @@ def docker_template(spec: SandboxSpec) -> list[str]:
     args += ["--network=host" if spec.network == "open" else "--network=none"]
     if spec.resources.pids is not None:
         args.append(f"--pids-limit={spec.resources.pids}")
+    if resources is not None:
+        # One container per task: the CPUs asked per task, the node's memory shared by its tasks.
+        args.append(f"--cpus={resources.cpus}")
+        if resources.mem_gb is not None:
+            mib = max(6, int(resources.mem_gb * 1024 / resources.tasks_per_node))
+            args += [f"--memory={mib}m", f"--memory-swap={mib}m"]
     for tmpfs in ("/tmp", str(spec.home)):
         args.append(f"--tmpfs={tmpfs}:rw,nosuid,nodev,mode=1777")
     args += [f"--workdir={spec.workdir}", "--label=agentic-researcher=1"]

@@ -88,13 +88,10 @@ def prepare_run_dir(
     task = task_of(submission, position, devices)
     run_dir = Path(task["run_dir"])
     (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-    if submission.get("diff"):
-        try:
-            os.link(submission["diff"], run_dir / DIFF_NAME)
-        except FileExistsError:
-            pass
-        except OSError:  # another file system: a copy of its own
-            shutil.copyfile(submission["diff"], run_dir / DIFF_NAME)
+    if submission.get("diff") and not (run_dir / DIFF_NAME).exists():
+        # A copy, not a link: the job can write its run dir, and must not reach the submission's
+        # diff (which every run of an array starts from) through it.
+        shutil.copyfile(submission["diff"], run_dir / DIFF_NAME)
     write_json_atomic(run_dir / TASK_FILE, task, fsync=False)
     return task
 

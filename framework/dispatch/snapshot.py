@@ -58,7 +58,7 @@ class Snapshot:
         return hashlib.sha256(self.diff).hexdigest() if self.diff else None
 
     def store_diff(self, path: Path) -> Path:
-        """Write the diff to ``path``, once per submission: each run hard-links it into its run dir
+        """Write the diff to ``path``, once per submission: each run copies it into its run dir
         as ``snapshot.diff`` when it starts (see runner.prepare_run_dir)."""
         path.write_bytes(self.diff)
         return path

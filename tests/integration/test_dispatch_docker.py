@@ -188,3 +188,34 @@ def test_cancelled_job_leaves_no_container_behind_even_if_it_ignores_sigterm(
     (run,) = call({"op": "wait", "run": run_id, "timeout_s": 60}, sock)["runs"]
     assert run["state"] == "cancelled", run
     assert containers_of(run_id) == []
+
+
+def test_docker_job_container_is_limited_to_the_cpus_and_memory_it_asked_for(
+    broker: BrokerHandle, workspace: Path
+) -> None:
+    """Read inside the container from its own cgroup: what the engine applied, not what we asked."""
+    sock = broker.env["REMOTE_RUN_SOCKET"]
+    read = (  # cgroup v2 files, else v1 (this host's engine uses v1)
+        "import json, os\n"
+        "def get(*names):\n"
+        "    for name in names:\n"
+        "        if os.path.exists(name):\n"
+        "            return open(name).read().split()\n"
+        "cpu = get('/sys/fs/cgroup/cpu.max') or get('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')"
+        " + get('/sys/fs/cgroup/cpu/cpu.cfs_period_us')\n"
+        "memory = get('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes')\n"
+        "print(json.dumps([cpu, memory[0]]))\n"
+    )
+    request = {
+        "argv": ["python3", "-c", read],
+        "cwd": str(workspace),
+        "resources": {"cpus": 1, "mem_gb": 0.5},
+    }
+    answer = call({"op": "submit", "request": request}, sock)
+    assert answer["ok"], answer
+    (run,) = call({"op": "wait", "run": answer["group"], "timeout_s": 120}, sock)["runs"]
+    run_dir = Path(run["run_dir"])
+    assert run["state"] == "finished", (run_dir / "stderr.log").read_text()
+    (quota, period), memory = json.loads((run_dir / "stdout.log").read_text())
+    assert int(quota) / int(period) == 1.0  # one CPU
+    assert int(memory) == 512 * 1024 * 1024

@@ -167,6 +167,8 @@ def test_queued_job_runs_the_workspace_as_submitted_not_as_edited_later(
 
     # The run dir holds commit + diff: applying the diff to the commit gives the sources it ran.
     diff = Path(run["run_dir"]) / DIFF_NAME
+    # Its own copy: a job can write its run dir, and must not reach the submission's diff by a link.
+    assert diff.stat().st_nlink == 1
     clone = tmp_path / "reproduced"
     subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", run["git_commit"]], check=True)

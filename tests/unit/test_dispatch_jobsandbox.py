@@ -89,3 +89,24 @@ def test_node_without_docker_fails_the_run_with_the_fix(
     task = {"run_id": "g1", "run_dir": str(tmp_path), "sandbox": docker_plan(tmp_path)}
     with pytest.raises(jobsandbox.JobSandboxError, match="job_runtime = 'bwrap'"):
         wrap_in_sandbox(["true"], {}, task)
+
+
+def test_docker_job_is_limited_to_the_cpus_and_memory_it_asked_for(tmp_path: Path) -> None:
+    from framework.dispatch.models import Resources
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    flags = {"state_dir": str(tmp_path / "state"), "cluster": {"job_runtime": "docker"}}
+    settings = load_settings(workspace=workspace, flags=flags, environ={"HOME": "/nonexistent"})
+    resources = Resources(cpus=3, mem_gb=8, tasks_per_node=2)
+    plan = sandbox_plan(
+        settings.settings, workspace, workspace, None, 2, tmp_path / "etc", resources
+    )
+    template = plan["template"]
+    image = template.index(plan["image"])
+    limits = [a for a in template[:image] if a.startswith(("--cpus", "--memory"))]
+    # per task: its CPUs, and half of the node's 8 GiB (two tasks per node), swap included
+    assert limits == ["--cpus=3", "--memory=4096m", "--memory-swap=4096m"]
+    (tmp_path / "other").mkdir()
+    unlimited = docker_plan(tmp_path / "other")["template"]
+    assert not any(a.startswith(("--cpus", "--memory")) for a in unlimited)
