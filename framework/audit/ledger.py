@@ -47,6 +47,9 @@ class LedgerRejection(BaseModel):
     size: int | None = None
     sha256: str | None = None
     request: Any = None
+    suppressed: int = 0
+    """Refusals before this one that the broker's rate limit left unrecorded (a ``rate-limit``
+    event, written when the broker stops, carries only this count)."""
 
     @classmethod
     def from_event(cls, event: Any) -> LedgerRejection:
@@ -54,6 +57,7 @@ class LedgerRejection(BaseModel):
         payload = getattr(event, "payload", None) or {}
         ts = getattr(event, "ts", None)
         size = payload.get("bytes")
+        suppressed = payload.get("suppressed")
         return cls(
             seq=int(event.seq),
             ts=ts.timestamp() if isinstance(ts, datetime) else None,
@@ -62,6 +66,7 @@ class LedgerRejection(BaseModel):
             size=size if isinstance(size, int) and not isinstance(size, bool) else None,
             sha256=str(payload["sha256"]) if payload.get("sha256") else None,
             request=payload.get("request"),
+            suppressed=suppressed if type(suppressed) is int and suppressed > 0 else 0,
         )
 
 

@@ -253,6 +253,7 @@ class Broker:
         self._submissions: dict[str, dict[str, Any]] = {}
         self._positions: dict[str, int] = {}
         self._stopping = threading.Event()
+        self._rejections = _RejectionBudget()
         cluster = settings.cluster
         self.executor = cluster.executor
         self.local = LocalScheduler(
@@ -472,6 +473,7 @@ class Broker:
         self._stopping.set()
         self._watcher.join(timeout=5)
         self.local.stop()
+        self._record_suppressed_rejections()
         self.ledger.close()
 
     # --- submission ----------------------------------------------------------------------
@@ -912,7 +914,16 @@ class Broker:
 
     def _log_rejected(self, raw: bytes, exc: RequestError) -> None:
         """Put a refused request on record: in the ledger (``request_rejected``, with a bounded
-        copy of the request) and in ``rejected.jsonl``, which keeps it if the ledger cannot."""
+        copy of the request) and in ``rejected.jsonl``, which keeps it if the ledger cannot.
+
+        At most :data:`REJECTIONS_BURST` refusals are recorded one by one, then
+        :data:`REJECTIONS_PER_S` a second: an agent sending refused requests in a loop must not
+        fill the ledger. Those not recorded are counted, and the next recorded one (or one at
+        :meth:`stop`) carries that count as ``suppressed``."""
+        with self._lock:
+            suppressed = self._rejections.take()
+        if suppressed is None:
+            return
         entry = {
             "time": utcnow().isoformat(),
             "field": exc.field,
@@ -922,8 +933,6 @@ class Broker:
             "head": raw[:200].decode("utf-8", errors="replace"),
             "session_id": self.session_id,
         }
-        with self._lock, self.paths.rejected_log.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
         payload = {
             "field": exc.field,
             "reason": exc.message,
@@ -931,7 +940,51 @@ class Broker:
             "sha256": entry["sha256"],
             "request": bounded_copy(raw),
         }
+        if suppressed:
+            entry["suppressed"] = payload["suppressed"] = suppressed
+        with self._lock, self.paths.rejected_log.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
         self.ledger.rejected(payload)
+
+    def _record_suppressed_rejections(self) -> None:
+        """At stop: the refusals not recorded since the last recorded one, as one event."""
+        with self._lock:
+            suppressed = self._rejections.drain()
+        if not suppressed:
+            return
+        reason = f"{suppressed} refused request(s) not recorded one by one (broker rate limit)"
+        with self._lock, self.paths.rejected_log.open("a") as fh:
+            fh.write(json.dumps({"time": utcnow().isoformat(), "suppressed": suppressed}) + "\n")
+        self.ledger.rejected({"field": "rate-limit", "reason": reason, "suppressed": suppressed})
+
+
+REJECTIONS_BURST = 100
+REJECTIONS_PER_S = 1.0
+
+
+class _RejectionBudget:
+    """A token bucket for recorded refusals (callers hold the broker's lock)."""
+
+    def __init__(self) -> None:
+        self.tokens = float(REJECTIONS_BURST)
+        self.at = time.monotonic()
+        self.suppressed = 0
+
+    def take(self) -> int | None:
+        """None: do not record this one (counted); else record it, with this many suppressed
+        before it."""
+        now = time.monotonic()
+        self.tokens = min(float(REJECTIONS_BURST), self.tokens + (now - self.at) * REJECTIONS_PER_S)
+        self.at = now
+        if self.tokens < 1:
+            self.suppressed += 1
+            return None
+        self.tokens -= 1
+        return self.drain()
+
+    def drain(self) -> int:
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
 
 
 def _records_of(submission: dict[str, Any]) -> list[RunRecord]:

@@ -347,3 +347,27 @@ def _pings(sock: str) -> bool:
             return b'"ok": true' in conn.recv(4096)
     except OSError:
         return False
+
+
+def test_refusals_beyond_the_rate_limit_are_counted_not_recorded_one_by_one(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.dispatch import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "REJECTIONS_BURST", 5)
+    monkeypatch.setattr(broker_module, "REJECTIONS_PER_S", 0.001)  # no refill within the test
+    handle = start_broker(workspace, make_settings(workspace, tmp_path / "state"), "s-1")
+    sock = handle.env["REMOTE_RUN_SOCKET"]
+    try:
+        for _ in range(40):  # an agent retrying a refused request in a loop
+            assert raw_request(sock, b"not json\n")["ok"] is False
+    finally:
+        handle.stop()
+    with ledger_of(tmp_path / "state") as ledger:
+        events = ledger.events(kind=EventKind.request_rejected)
+        assert ledger.verify().ok
+    assert len(events) == 6  # five recorded one by one, then the count written at stop
+    assert [e.payload["field"] for e in events[:5]] == ["request"] * 5
+    assert events[-1].payload["field"] == "rate-limit" and events[-1].payload["suppressed"] == 35
+    log = (DispatchPaths(tmp_path / "state").rejected_log).read_text().splitlines()
+    assert len(log) == 6 and json.loads(log[-1])["suppressed"] == 35

@@ -200,3 +200,16 @@ def test_escape_attempts_are_told_from_the_field_reason_and_request(
     request = {"op": "submit", "request": {"argv": ["x"], "cwd": cwd}} if cwd else "{"
     rejection = LedgerRejection(seq=1, field=field, reason=reason, request=request)
     assert (escape_attempt(rejection) is not None) is escape
+
+
+def test_refusals_the_broker_did_not_record_are_summed_into_one_finding(ledger_url: str) -> None:
+    later = {**UNKNOWN_FIELD, "suppressed": 12}
+    at_stop = {"field": "rate-limit", "reason": "30 refused ...", "suppressed": 30}
+    record(ledger_url, "s-1", UNKNOWN_FIELD, later, at_stop)
+    findings = audit(ledger_url, [])
+    assert len(findings) == 3  # the two recorded refusals and one sum; none for the count event
+    (summed,) = [f for f in findings if "not recorded one by one" in f.message]
+    assert "42 more request(s)" in summed.message and summed.severity is Severity.WARNING
+    assert not any("'rate-limit'" in f.message for f in findings)
+    record(ledger_url, "s-2", UNKNOWN_FIELD)
+    assert not any("not recorded" in f.message for f in audit(ledger_url, [], session="s-2"))

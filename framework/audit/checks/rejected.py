@@ -25,6 +25,8 @@ from framework.audit.checks.base import CheckContext, Finding, Severity, Streami
 from framework.audit.events import Event, EventKind, EventRecord
 from framework.audit.ledger import LedgerRejection
 
+RATE_LIMIT_FIELD = "rate-limit"
+"""The field of the event a broker writes at stop for the refusals its rate limit did not record."""
 REJECTED_TEXT = re.compile(r"rejected: ([^\r\n]+)")
 MATCH_WINDOW_S = 600.0
 """How long before a refusal the ``remote-run`` command matched by time may have started."""
@@ -111,13 +113,16 @@ class RejectedRequest(StreamingCheck):
         self.overridden = ctx.config.severity.get(self.id)
         matcher = _Matcher(list(self.printed), sorted(self.commands, key=_when))
         rest: Counter[str] = Counter()
-        escapes = counted = 0
+        escapes = counted = suppressed = 0
         more = False
         listed = 0
         rejections: Iterator[LedgerRejection] | None = None
         try:
             rejections = source.rejected(session)
             for rejection in rejections:
+                suppressed += rejection.suppressed
+                if rejection.field == RATE_LIMIT_FIELD and rejection.request is None:
+                    continue  # only the count of refusals the broker did not record
                 escape = escape_attempt(rejection)
                 if listed < limit:
                     listed += 1
@@ -141,6 +146,18 @@ class RejectedRequest(StreamingCheck):
             close = getattr(rejections, "close", None)
             if close is not None:
                 close()
+        if suppressed:
+            self.found.append(
+                Finding(
+                    check=self.id,
+                    severity=self.overridden or Severity.WARNING,
+                    message=(
+                        f"{'at least ' if more else ''}{suppressed} more request(s) of this session "
+                        "were refused but not recorded one by one (the broker's rate limit on "
+                        "recorded refusals): was the agent retrying a refused request in a loop?"
+                    ),
+                )
+            )
         if counted:
             fields = ", ".join(f"{name} ×{n}" for name, n in rest.most_common(10))
             others = len(rest) - 10
