@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,9 @@ class GitState:
 
 
 def git_state(root: Path) -> GitState:
-    """Commit and a hash of the uncommitted diff (tracked files), without invoking a shell."""
+    """Commit, whether anything is uncommitted, and a hash of what is: the diff of tracked files
+    and the untracked files that are not ignored (a new script the agent never committed is
+    uncommitted work too), by path and content. No shell is invoked."""
     if not (root / ".git").exists():
         return GitState(commit=None, dirty=False, diff_sha256=None)
 
@@ -50,9 +54,31 @@ def git_state(root: Path) -> GitState:
     commit = head.stdout.decode().strip() or None
     diff = git("diff", "HEAD", "--binary") if commit else git("diff", "--binary")
     status = git("status", "--porcelain", "--untracked-files=no")
-    dirty = bool(status.stdout.strip())
-    digest = hashlib.sha256(diff.stdout).hexdigest() if dirty else None
-    return GitState(commit=commit, dirty=dirty, diff_sha256=digest)
+    untracked = sorted(
+        p for p in git("ls-files", "-z", "--others", "--exclude-standard").stdout.split(b"\0") if p
+    )
+    dirty = bool(status.stdout.strip()) or bool(untracked)
+    if not dirty:
+        return GitState(commit=commit, dirty=False, diff_sha256=None)
+    digest = hashlib.sha256(diff.stdout)
+    for path in untracked:
+        digest.update(b"\0untracked\0" + path + b"\0" + _content_id(root / os.fsdecode(path)))
+    return GitState(commit=commit, dirty=True, diff_sha256=digest.hexdigest())
+
+
+HASHED_UNTRACKED_BYTES = 64 << 20
+"""Untracked files up to this size are identified by content; larger ones by size and mtime."""
+
+
+def _content_id(path: Path) -> bytes:
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > HASHED_UNTRACKED_BYTES:
+            return f"{info.st_mode:o} {info.st_size} {info.st_mtime_ns}".encode()
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest().encode()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}".encode()
 
 
 @dataclass(frozen=True)
