@@ -542,6 +542,9 @@ class _Folder:
             stderr=subprocess.DEVNULL,
             env=env,
             cwd=root,
+            # Not in the terminal's process group: a Ctrl-C meant for the owner must not cut a
+            # fold short (it would be rolled back, not lost); the folder ends when its pipe closes.
+            start_new_session=True,
         )
         assert self._proc.stdin is not None
         self._wake_fd = self._proc.stdin.fileno()
