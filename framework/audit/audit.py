@@ -10,8 +10,8 @@ from pathlib import Path
 from framework.audit.checks import CHECKS, AuditConfig, CheckContext, Checker
 from framework.audit.events import Event, EventRecord
 from framework.audit.ledger import LedgerRun, RejectionSource, RunSource
+from framework.audit.parallel import read_events
 from framework.audit.readers import (
-    READERS,
     ReaderStats,
     ReadState,
     TranscriptError,
@@ -156,7 +156,7 @@ def run_audit(
     index = 0
     check, summarize, keep = checker.observe, summary.observe, head.append
     for file, fmt in zip(source.files, source.formats, strict=True):
-        for event in READERS[fmt].events(file, state):
+        for event in read_events(file, fmt, state):
             event.index = index
             index += 1
             check(event)

@@ -58,11 +58,13 @@ class Kinds:
     ERROR = EventKind.ERROR
 
 
-class Event(msgspec.Struct, kw_only=True, gc=False):
+class Event(msgspec.Struct, kw_only=True, gc=False, array_like=True):
     """One thing that happened in a session, normalized across agent CLIs.
 
     A tool call is ``SHELL_COMMAND`` when it runs a command line, ``FILE_EDIT`` when it writes,
-    edits or deletes a file (``op``), else ``TOOL_CALL``.
+    edits or deletes a file (``op``), else ``TOOL_CALL``. Encoded as an array of its field values
+    (``array_like``): worker processes send events a segment at a time (see
+    :mod:`framework.audit.parallel`), and that is a third of the bytes of a map, and faster.
     """
 
     kind: EventKind

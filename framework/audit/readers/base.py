@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections import Counter, OrderedDict
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +58,21 @@ class ReadState:
     skipped_lines: int = 0
     events: int = 0
     corrupt_lines: int = 0
-    corrupt_examples: list[str] = field(default_factory=list)
+    corrupt_examples: list[tuple[str, int, str]] = field(default_factory=list)
+    """``(file name, line, why)`` of the first ten corrupt lines."""
     truncated_last_line: list[str] = field(default_factory=list)
-    unknown_record_types: Counter[str] = field(default_factory=Counter)
+    unknown_record_types: dict[str, int] = field(default_factory=dict)
     unknown_fields: dict[str, list[str]] = field(default_factory=dict)
     _checked_shapes: set[str] = field(default_factory=set)
 
     def corrupt(self, source: str, line: int, why: str) -> None:
         self.corrupt_lines += 1
         if len(self.corrupt_examples) < 10:
-            self.corrupt_examples.append(f"{source}:{line}: {why[:200]}")
+            self.corrupt_examples.append((source, line, why[:200]))
 
     def unknown_type(self, name: str) -> None:
-        self.unknown_record_types[name or "(none)"] += 1
+        key = name or "(none)"
+        self.unknown_record_types[key] = self.unknown_record_types.get(key, 0) + 1
 
     def check_fields(self, shape: str, raw: Line, known: frozenset[str]) -> None:
         """Note keys we do not read, once per record shape, so format drift shows up in the report."""
@@ -85,6 +88,25 @@ class ReadState:
             if extra:
                 self.unknown_fields[shape] = extra
 
+    def merge(self, part: ReadState, line_offset: int) -> None:
+        """Add what was counted reading a later part of the file (:func:`iter_blocks` with
+        ``start``), whose line numbers start ``line_offset`` lines into the file. Merging the parts
+        in file order gives what reading the file in one go counts."""
+        self.bytes_read += part.bytes_read
+        self.lines += part.lines
+        self.records += part.records
+        self.skipped_lines += part.skipped_lines
+        self.corrupt_lines += part.corrupt_lines
+        for source, line, why in part.corrupt_examples[: max(0, 10 - len(self.corrupt_examples))]:
+            self.corrupt_examples.append((source, line + line_offset, why))
+        self.truncated_last_line.extend(part.truncated_last_line)
+        for name, count in part.unknown_record_types.items():
+            self.unknown_record_types[name] = self.unknown_record_types.get(name, 0) + count
+        for shape, extra in part.unknown_fields.items():
+            if shape not in self._checked_shapes:
+                self.unknown_fields[shape] = extra
+        self._checked_shapes |= part._checked_shapes
+
     def freeze(self) -> ReaderStats:
         return ReaderStats(
             format=self.format,
@@ -95,7 +117,7 @@ class ReadState:
             skipped_lines=self.skipped_lines,
             events=self.events,
             corrupt_lines=self.corrupt_lines,
-            corrupt_examples=self.corrupt_examples,
+            corrupt_examples=[f"{src}:{line}: {why}" for src, line, why in self.corrupt_examples],
             truncated_last_line=self.truncated_last_line,
             unknown_record_types=dict(self.unknown_record_types),
             unknown_fields=self.unknown_fields,
@@ -120,38 +142,52 @@ def open_binary(path: Path) -> BinaryIO:
     return fh
 
 
-def iter_lines(path: Path, state: ReadState) -> Iterator[tuple[int, Line, bool]]:
+def _chunks(path: Path, state: ReadState, start: int, end: int | None) -> Iterator[bytes]:
+    """The bytes of the file from ``start`` to ``end`` (None: to its end), a chunk at a time."""
+    state.files.append(str(path))
+    with open_binary(path) as fh:
+        if start:
+            fh.seek(start)
+        left = end - start if end is not None else -1
+        read = fh.read
+        while chunk := read(CHUNK_BYTES if left < 0 else min(CHUNK_BYTES, left)):
+            if left > 0:
+                left -= len(chunk)
+            state.bytes_read += len(chunk)
+            yield chunk
+
+
+def iter_lines(
+    path: Path, state: ReadState, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, Line, bool]]:
     """Yield ``(line_number, line, is_last_without_newline)`` reading a chunk at a time.
 
     Lines are memoryviews into the chunk (no copy per line); only a line that spans two chunks is
     joined into new bytes. A view keeps its chunk alive, so a caller may hold on to it.
+    ``start`` and ``end``: only the lines in between (see :func:`iter_blocks`).
     """
-    state.files.append(str(path))
     number = 0
     pieces: list[bytes] = []
-    with open_binary(path) as fh:
-        read = fh.read
-        while chunk := read(CHUNK_BYTES):
-            state.bytes_read += len(chunk)
-            find = chunk.find
-            start = 0
-            if pieces:
-                end = find(b"\n")
-                if end < 0:
-                    pieces.append(chunk)
-                    continue
-                pieces.append(chunk[:end])
-                number += 1
-                yield number, b"".join(pieces), False
-                pieces = []
-                start = end + 1
-            view = memoryview(chunk)
-            while (end := find(b"\n", start)) >= 0:
-                number += 1
-                yield number, view[start:end], False
-                start = end + 1
-            if start < len(chunk):
-                pieces.append(chunk[start:])
+    for chunk in _chunks(path, state, start, end):
+        find = chunk.find
+        at = 0
+        if pieces:
+            stop = find(b"\n")
+            if stop < 0:
+                pieces.append(chunk)
+                continue
+            pieces.append(chunk[:stop])
+            number += 1
+            yield number, b"".join(pieces), False
+            pieces = []
+            at = stop + 1
+        view = memoryview(chunk)
+        while (stop := find(b"\n", at)) >= 0:
+            number += 1
+            yield number, view[at:stop], False
+            at = stop + 1
+        if at < len(chunk):
+            pieces.append(chunk[at:])
     rest = b"".join(pieces)
     if rest.strip():
         number += 1
@@ -165,6 +201,8 @@ def decode_lines(
     state: ReadState,
     wanted: Callable[[Line], bool] | None = None,
     unused: Callable[[Line], bool] | None = None,
+    start: int = 0,
+    end: int | None = None,
 ) -> Iterator[tuple[int, Line, T]]:
     """Decode each non-blank line; corrupt lines and a cut-off last line are counted and skipped.
 
@@ -172,11 +210,12 @@ def decode_lines(
     (the test checks that) holding nothing the reader uses; it is counted as skipped and never
     decoded into objects. ``unused`` is asked about a well-formed line that does not fit the
     reader's types: when it says the record's type is one the reader ignores, the line is skipped
-    instead of being counted as corrupt.
+    instead of being counted as corrupt. ``start`` and ``end``: only the lines in between (see
+    :func:`iter_blocks`).
     """
     source = path.name
     decode = decoder.decode
-    for number, line, last in iter_lines(path, state):
+    for number, line, last in iter_lines(path, state, start, end):
         if not line:
             continue
         if line[0] != 123 and not bytes(line).strip():  # 123 is "{": blank lines are rare
@@ -245,41 +284,60 @@ class Block:
         return data[at : stop if stop >= 0 else self.end]
 
 
-def iter_blocks(path: Path, state: ReadState) -> Iterator[tuple[Block, bool]]:
+def iter_blocks(
+    path: Path, state: ReadState, start: int = 0, end: int | None = None
+) -> Iterator[tuple[Block, bool]]:
     """Yield ``(block, is_last_line_without_newline)``: whole lines a chunk at a time, each block
     ending with a newline except a last line without one. A block points into the chunk it came
-    from (no copy); only a line spanning two chunks is joined into new bytes (a block of its own)."""
-    state.files.append(str(path))
+    from (no copy); only a line spanning two chunks is joined into new bytes (a block of its own).
+
+    ``start`` and ``end``: read only the bytes in between (to the end of the file when ``end`` is
+    None), as if they were the whole file; both must be line starts (see :func:`line_start`)."""
     number = 1
     pieces: list[bytes] = []
-    with open_binary(path) as fh:
-        read = fh.read
-        while chunk := read(CHUNK_BYTES):
-            state.bytes_read += len(chunk)
-            start = 0
-            if pieces:
-                start = chunk.find(b"\n") + 1
-                if start == 0:
-                    pieces.append(chunk)
-                    continue
-                pieces.append(chunk[:start])
-                line = b"".join(pieces)
-                regular = line[:1] == b"{" and line[-2:] == b"}\n"
-                yield Block(line, 0, len(line), number, 1, regular), False
-                number += 1
-                pieces = []
-            end = chunk.rfind(b"\n") + 1
-            if end > start:
-                lines, regular = _scan_lines(chunk, start, end)
-                yield Block(chunk, start, end, number, lines, regular), False
-                number += lines
-            if end < len(chunk):
-                pieces.append(chunk[max(start, end) :])
+    for chunk in _chunks(path, state, start, end):
+        first = 0
+        if pieces:
+            first = chunk.find(b"\n") + 1
+            if first == 0:
+                pieces.append(chunk)
+                continue
+            pieces.append(chunk[:first])
+            line = b"".join(pieces)
+            regular = line[:1] == b"{" and line[-2:] == b"}\n"
+            yield Block(line, 0, len(line), number, 1, regular), False
+            number += 1
+            pieces = []
+        last = chunk.rfind(b"\n") + 1
+        if last > first:
+            lines, regular = _scan_lines(chunk, first, last)
+            yield Block(chunk, first, last, number, lines, regular), False
+            number += lines
+        if last < len(chunk):
+            pieces.append(chunk[max(first, last) :])
     rest = b"".join(pieces)
     if rest.strip():
         yield Block(rest, 0, len(rest), number, 1, False), True
         number += 1
     state.lines += number - 1
+
+
+def line_start(path: Path, offset: int) -> int:
+    """The offset of the first line of the file that starts at or after ``offset`` (the size of
+    the file when no line does): where a reader of the bytes from ``offset`` on may begin."""
+    if offset <= 0:
+        return 0
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if offset >= size:
+            return size
+        at = fh.seek(offset - 1)
+        while chunk := fh.read(1 << 16):
+            found = chunk.find(b"\n")
+            if found >= 0:
+                return at + found + 1
+            at += len(chunk)
+    return min(at, size)
 
 
 def _scan_lines(data: bytes, start: int, end: int) -> tuple[int, bool]:
@@ -304,6 +362,8 @@ def decode_records(
     state: ReadState,
     unused: Callable[[Line], bool] | None = None,
     fallback: msgspec.json.Decoder[Any] | None = None,
+    start: int = 0,
+    end: int | None = None,
 ) -> Iterator[tuple[Block, Iterable[int], list[Any]]]:
     """What :func:`decode_lines` reads, a block of lines at a time: ``(block, line numbers,
     records)``. One call decodes a megabyte of lines: for formats where most lines matter, the
@@ -318,10 +378,12 @@ def decode_records(
     records are yielded instead, and its error decides how a line that neither reads is counted).
     A reader can then decode with a narrow, fast type (a tagged union of the records it knows)
     and still read, and count, everything else exactly as a general type would.
+
+    ``start`` and ``end``: only the lines in between (see :func:`iter_blocks`).
     """
     source = path.name
     decode, decode_block = decoder.decode, decoder.decode_lines
-    for block, last in iter_blocks(path, state):
+    for block, last in iter_blocks(path, state, start, end):
         first = block.first
         if block.regular and not last:
             try:

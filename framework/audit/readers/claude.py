@@ -123,11 +123,36 @@ def _unused(line: Line) -> bool:
         return False
 
 
+class MessageUsage:
+    """Counts each API message's usage once, when a transcript is read in segments. Claude Code
+    writes a message as one line per content block, each repeating the message's ``usage``; a
+    reader of the whole file counts the first line of each message id it sees (:class:`RecentIds`).
+    A segment is read without knowing the ids before it, so it yields the usage of every line,
+    and :meth:`settle_range`, run on the segments in file order, keeps what reading the whole file
+    would have kept."""
+
+    def __init__(self) -> None:
+        self.counted = RecentIds()
+
+    def settle_range(self, events: list[Event], carry: None) -> Iterator[Event]:
+        usage, counted = EventKind.TOKEN_USAGE, self.counted
+        for event in events:
+            message = event.message_id
+            if event.kind is usage and message is not None and not counted.add(message):
+                continue
+            yield event
+
+
 class ClaudeReader:
     name = "claude"
+    carry_type = type(None)
 
     def events(self, path: Path, state: ReadState) -> Iterator[Event]:
-        yield from self._file(path, state, agent=None)
+        yield from self._file(path, state, agent=None, counted=RecentIds())
+        yield from self.companions(path, state)
+
+    def companions(self, path: Path, state: ReadState) -> Iterator[Event]:
+        """The session's subagent transcripts, read after it."""
         subagents = path.with_suffix("") / "subagents"
         if subagents.is_dir():
             for sub in sorted(subagents.glob("*.jsonl")):
@@ -135,16 +160,35 @@ class ClaudeReader:
                 yield Event(
                     kind=EventKind.SUBAGENT_START, agent=agent, source=sub.name, sidechain=True
                 )
-                yield from self._file(sub, state, agent=agent)
+                yield from self._file(sub, state, agent=agent, counted=RecentIds())
                 yield Event(
                     kind=EventKind.SUBAGENT_END, agent=agent, source=sub.name, sidechain=True
                 )
 
-    def _file(self, path: Path, state: ReadState, agent: str | None) -> Iterator[Event]:
+    def read_range(
+        self, path: Path, state: ReadState, start: int, end: int | None
+    ) -> tuple[list[Event], None]:
+        """The events of the lines between two line starts of a session transcript (not its
+        subagents), with the usage of every line (see :class:`MessageUsage`)."""
+        events = self._file(path, state, agent=None, counted=None, start=start, end=end)
+        return list(events), None
+
+    def settler(self) -> MessageUsage:
+        return MessageUsage()
+
+    def _file(
+        self,
+        path: Path,
+        state: ReadState,
+        agent: str | None,
+        counted: RecentIds | None,
+        start: int = 0,
+        end: int | None = None,
+    ) -> Iterator[Event]:
+        """The events of a transcript, counting each message's usage once in ``counted`` (None:
+        the usage of every line that repeats it, for :class:`MessageUsage` to settle)."""
         source = path.name
-        counted = RecentIds()
-        models: dict[str, str] = {}
-        for number, line, rec in decode_lines(path, _decoder, state, _wanted, _unused):
+        for number, line, rec in decode_lines(path, _decoder, state, _wanted, _unused, start, end):
             kind = rec.type
             if kind in BOOKKEEPING_TYPES:
                 state.skipped_lines += 1
@@ -160,7 +204,7 @@ class ClaudeReader:
             )
             if kind == "assistant" or kind == "user":
                 if rec.message is not None:
-                    yield from self._message(rec, rec.message, base, counted, models, state)
+                    yield from self._message(rec, rec.message, base, counted, state)
             elif kind == "system":
                 if rec.subtype == "compact_boundary":
                     yield replace(base, kind=EventKind.COMPACTION, text=clip(rec.content))
@@ -176,8 +220,7 @@ class ClaudeReader:
         rec: Record,
         msg: Message,
         base: Event,
-        counted: RecentIds,
-        models: dict[str, str],
+        counted: RecentIds | None,
         state: ReadState,
     ) -> Iterator[Event]:
         content = msg.content
@@ -210,7 +253,11 @@ class ClaudeReader:
                     )
             return
         model = msg.model
-        if msg.usage is not None and msg.id is not None and counted.add(msg.id):
+        if (
+            msg.usage is not None
+            and msg.id is not None
+            and (counted is None or counted.add(msg.id))
+        ):
             u = msg.usage
             yield replace(
                 base,

@@ -18,7 +18,7 @@ import msgspec
 from msgspec.structs import replace
 
 from framework.audit.events import Event, Kinds, clip, parse_timestamp
-from framework.audit.readers.base import Line, ReadState, decode_records
+from framework.audit.readers.base import Block, Line, ReadState, decode_records
 from framework.audit.readers.tools import tool_call_events
 
 ENVELOPE_TYPES = frozenset(
@@ -44,6 +44,9 @@ UI_EVENTS = frozenset(
         "thread_settings_applied", "item_started", "warning",
     }
 )  # fmt: skip
+RESULT_ITEMS = frozenset(
+    {"function_call_output", "custom_tool_call_output", "local_shell_call_output"}
+)
 EXIT_CODE = re.compile(rb"(?:Exit code|exit_code\"?|exited with code):?\s*(-?\d+)")
 
 
@@ -158,6 +161,24 @@ def _unused(line: Line) -> bool:
     return head.type in QUIET_ENVELOPES
 
 
+class _EarlierModel(str):
+    """The type of :data:`EARLIER_MODEL`: no string read from a rollout is one."""
+
+
+EARLIER_MODEL = _EarlierModel("")
+"""The model of a range's events before its first ``turn_context``: whatever the lines before the
+range set, known only once they are read. Compared by identity."""
+
+
+class RangeCarry(msgspec.Struct, gc=False):
+    """What a range of lines leaves to settle: which of its events (positions) take the model in
+    force where it starts, and the model in force where it ends, when it sets one."""
+
+    inherit: list[int]
+    model_set: bool = False
+    model: str | None = None
+
+
 class CodexReader:
     """Lines are decoded a block at a time (:func:`decode_records`) into a tagged union of the
     record types (:data:`_OUTER`): the decoder picks each line's class from its ``type``, in C.
@@ -170,18 +191,114 @@ class CodexReader:
     bytes (as the Claude Code reader does) would cost more per line than it saves."""
 
     name = "codex"
+    carry_type = RangeCarry
 
     def events(self, path: Path, state: ReadState) -> Iterator[Event]:
-        source = path.name
-        model: str | None = None
-        last_total = (0, 0, 0, 0)
+        rollout = Rollout()
+        records = decode_records(path, _records, state, _unused, _decoder)
+        return rollout.settle(rollout.read(records, path.name, state))
+
+    def read_range(
+        self, path: Path, state: ReadState, start: int, end: int | None
+    ) -> tuple[list[Event], RangeCarry]:
+        """The events of the lines between two line starts, unsettled (see :class:`Rollout`),
+        read without knowing the lines before: what the caller settles in file order."""
+        rollout = Rollout(model=EARLIER_MODEL)
+        records = decode_records(path, _records, state, _unused, _decoder, start, end)
+        events = list(rollout.read(records, path.name, state))
+        inherit = []
+        for position, event in enumerate(events):
+            if event.model is EARLIER_MODEL:
+                event.model = None
+                inherit.append(position)
+        model = rollout.model
+        if model is EARLIER_MODEL:
+            return events, RangeCarry(inherit=inherit)
+        return events, RangeCarry(inherit=inherit, model_set=True, model=model)
+
+    def settler(self) -> Rollout:
+        return Rollout()
+
+    def companions(self, path: Path, state: ReadState) -> Iterator[Event]:
+        return iter(())
+
+
+class Rollout:
+    """What a rollout's lines leave to the lines after them: the model the last ``turn_context``
+    named, and the cumulative token totals of the last ``token_count`` that grew.
+
+    :meth:`read` turns lines into events; a ``token_count`` becomes a token-usage event holding the
+    totals as read. :meth:`settle`, run on the events in file order, turns those into the usage
+    since the last count that grew, and drops the counts that did not grow (repeats). Reading
+    needs nothing but the model, so ranges of a file can be read apart (by other processes) and
+    settled in order (:meth:`settle_range`) to the same events as reading the whole file."""
+
+    def __init__(self, model: str | None = None) -> None:
+        self.model = model
+        self.total = (0, 0, 0, 0)
+        """The totals of the last count that grew, in the file so far (settled)."""
+        self.read_total = (0, 0, 0, 0)
+        """The largest totals :meth:`read` has read: a count not above them cannot grow the
+        settled totals either (they are at least as large), so it is dropped at once."""
+
+    def settle(self, events: Iterable[Event]) -> Iterator[Event]:
+        usage = Kinds.TOKEN_USAGE
+        for event in events:
+            if event.kind is usage:
+                total = (
+                    event.input_tokens,
+                    event.cache_read_tokens,
+                    event.output_tokens,
+                    event.reasoning_tokens,
+                )
+                last = self.total
+                if not total > last:
+                    continue
+                self.total = total
+                inputs, cached, outputs, reasoning = (
+                    max(0, a - b) for a, b in zip(total, last, strict=True)
+                )
+                event.input_tokens = inputs - cached
+                event.cache_read_tokens = cached
+                event.output_tokens = outputs
+                event.reasoning_tokens = reasoning
+            yield event
+
+    def settle_range(self, events: list[Event], carry: RangeCarry) -> Iterator[Event]:
+        """:meth:`settle` for the events of :meth:`CodexReader.read_range`, the next range."""
+        for position in carry.inherit:
+            events[position].model = self.model
+        if carry.model_set:
+            self.model = carry.model
+        return self.settle(events)
+
+    def read(
+        self,
+        blocks: Iterable[tuple[Block, Iterable[int], list[Any]]],
+        source: str,
+        state: ReadState,
+    ) -> Iterator[Event]:
         checked: set[str] = set()
-        outers = _OUTER
-        for block, numbers, records in decode_records(path, _records, state, _unused, _decoder):
+        outers, event_kinds = _OUTER, _EVENT_KIND
+        item_events = self._item
+        for block, numbers, records in blocks:
             skipped = 0
             for number, rec in zip(numbers, records, strict=True):
                 outer = outers.get(type(rec))
-                if outer is None:  # an Item: a line the union did not take, read as before
+                if outer == "event_msg":
+                    item = rec.payload
+                    if item is None:
+                        continue
+                    kind = event_kinds[type(item)]
+                elif outer == "response_item":
+                    item = rec.payload
+                    if item is None:
+                        continue
+                    kind = item.type
+                elif outer == "quiet":
+                    skipped += 1
+                    continue
+                elif outer is None:  # an Item: a line the union did not take, read as before
                     outer = rec.type
                     if outer in ENVELOPE_TYPES:
                         item = rec.payload
@@ -194,14 +311,11 @@ class CodexReader:
                         item = rec
                         outer = "response_item" if outer else "session_meta"
                     kind = item.type
-                elif outer == "quiet":
-                    skipped += 1
-                    continue
                 else:
                     item = rec.payload
                     if item is None:
                         continue
-                    kind = item.type if outer != "event_msg" else _EVENT_KIND[type(item)]
+                    kind = item.type
                 if outer == "event_msg":
                     if kind in UI_EVENTS:
                         skipped += 1
@@ -210,9 +324,19 @@ class CodexReader:
                         if usage is None:
                             continue
                         total = _totals(usage)
-                        if total > last_total:
-                            yield _usage(total, last_total, source, number, rec.timestamp, model)
-                            last_total = total
+                        if total > self.read_total:
+                            self.read_total = total
+                            yield Event(
+                                kind=Kinds.TOKEN_USAGE,
+                                source=source,
+                                line=number,
+                                ts=parse_timestamp(rec.timestamp),
+                                model=self.model,
+                                input_tokens=total[0],
+                                cache_read_tokens=total[1],
+                                output_tokens=total[2],
+                                reasoning_tokens=total[3],
+                            )
                     elif kind == "error":
                         yield Event(
                             kind=Kinds.ERROR,
@@ -227,10 +351,9 @@ class CodexReader:
                     if kind not in checked:
                         checked.add(kind)
                         state.check_fields(f"codex:{kind}", block.line(number), ITEM_KEYS)
-                    ts = parse_timestamp(rec.timestamp or item.timestamp)
-                    yield from self._item(item, source, number, ts, model, state)
+                    yield from item_events(item, source, number, rec.timestamp, state)
                 elif outer == "turn_context":
-                    model = item.model or model
+                    self.model = item.model or self.model
                 elif outer == "session_meta":
                     yield Event(
                         kind=Kinds.SESSION_START,
@@ -254,8 +377,7 @@ class CodexReader:
         item: Item,
         source: str,
         number: int,
-        ts: float | None,
-        model: str | None,
+        timestamp: str | None,
         state: ReadState,
     ) -> Iterable[Event]:
         """The events of one response item (a list or a generator: both are iterated once)."""
@@ -272,13 +394,14 @@ class CodexReader:
                     kind=Kinds.ASSISTANT if role == "assistant" else Kinds.USER,
                     source=source,
                     line=number,
-                    ts=ts,
+                    ts=parse_timestamp(timestamp or item.timestamp),
                     text=clip(text),
                     text_size=len(text),
-                    model=model if role == "assistant" else None,
+                    model=self.model if role == "assistant" else None,
                 )
             ]
-        if kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
+        ts = parse_timestamp(timestamp or item.timestamp)
+        if kind in RESULT_ITEMS:
             return [_result(item, source, number, ts)]
         call = Event(
             kind=Kinds.TOOL_CALL,
@@ -286,7 +409,7 @@ class CodexReader:
             line=number,
             ts=ts,
             call_id=item.call_id,
-            model=model,
+            model=self.model,
         )
         if kind == "function_call" and item.name:
             return tool_call_events(call, item.name, _json(item.arguments))
@@ -320,29 +443,6 @@ def _totals(u: Usage) -> tuple[int, int, int, int]:
         u.cached_input_tokens or 0,
         u.output_tokens or 0,
         u.reasoning_output_tokens or 0,
-    )
-
-
-def _usage(
-    total: tuple[int, int, int, int],
-    last: tuple[int, int, int, int],
-    source: str,
-    number: int,
-    timestamp: str | None,
-    model: str | None,
-) -> Event:
-    """Token usage since the last ``token_count``: rollouts record running totals."""
-    inputs, cached, outputs, reasoning = (max(0, a - b) for a, b in zip(total, last, strict=True))
-    return Event(
-        kind=Kinds.TOKEN_USAGE,
-        source=source,
-        line=number,
-        ts=parse_timestamp(timestamp),
-        model=model,
-        input_tokens=inputs - cached,
-        cache_read_tokens=cached,
-        output_tokens=outputs,
-        reasoning_tokens=reasoning,
     )
 
 
