@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.dispatch.local import pid_alive
 from framework.ledger import Ledger, LedgerError, NewEvent, open_ledger
 from framework.ledger import sqlite as sqlite_backend
 from framework.ledger import tail as tail_module
@@ -220,16 +221,8 @@ def test_a_folder_whose_ledger_process_was_killed_folds_everything_and_exits(
     )
     assert proc.returncode == -9, proc.stderr
     folder_pid = int(proc.stdout.split()[0])
-    assert wait_for(lambda: not _pid_alive(folder_pid))  # its input closed with its owner
+    assert wait_for(lambda: not pid_alive(folder_pid))  # its input closed with its owner
     assert table_seqs(url) == list(range(1, 61)) and tail_bytes(url) == b""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_folder_that_cannot_start_leaves_the_folding_to_the_appenders(
