@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework import checkout_env
+
 OnStarted = Callable[[str, list[str], int], None]
 OnExited = Callable[[str, int | None], None]
 
@@ -196,7 +198,7 @@ class LocalScheduler:
                 stdout=subprocess.DEVNULL,
                 stderr=(item.run_dir / "runner.log").open("ab"),
                 start_new_session=True,
-                env=_runner_env(),
+                env=checkout_env(),  # the runner resolves to this checkout
             )
         except OSError:
             with self._cond:
@@ -249,14 +251,6 @@ class LocalScheduler:
             self._free.extend(devices)
             self._free.sort(key=self.devices.index)
             self._cond.notify_all()
-
-
-def _runner_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The runner imports framework.dispatch.runner; make sure it resolves to this checkout.
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _kill_group(pid: int, grace_s: float = 3.0) -> None:

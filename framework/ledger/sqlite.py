@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, quote
 
 import msgspec
 
+from framework import checkout_env
 from framework.ledger import chain
 from framework.ledger.models import RUN_EVENT_KINDS, LedgerError
 from framework.ledger.store import (
@@ -165,8 +166,8 @@ class SqliteLedger(Ledger):
     has folded further), and every run of the tail (:attr:`Tail.run_ids` is this same set)."""
     _run_ids_upto = -1  # -1: the tables' runs are not read yet (the first append reads them)
     background_fold = True
-    """Fold a large tail on a thread with its own connection, so that appenders do not wait for
-    SQLite (see :class:`_Folder`); False: the appender that fills the tail folds it."""
+    """Fold a large tail in a background process with its own connection, so that appenders do
+    not wait for SQLite (see :class:`_Folder`); False: the appender that fills the tail folds it."""
     _folder: _Folder | None = None
     _closed = False
 
@@ -532,16 +533,13 @@ class _Folder:
     :data:`FOLD_LIMIT_BYTES` the appenders fold it themselves."""
 
     def __init__(self, url: str) -> None:
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "framework.ledger.folder", url],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=root,
+            env=checkout_env(),
+            cwd=Path(__file__).resolve().parents[2],
             # Not in the terminal's process group: a Ctrl-C meant for the owner must not cut a
             # fold short (it would be rolled back, not lost); the folder ends when its pipe closes.
             start_new_session=True,
