@@ -277,13 +277,17 @@ def test_codex_lines_outside_the_decoders_union_are_read_and_counted_as_before(
     tmp_path: Path,
 ) -> None:
     """Lines are decoded into a tagged union of the record types the reader knows; a line it does
-    not take (a new event type, a new record type, a known type with a mistyped field) is decoded
-    again as a general item: unknown types are reported, a mistyped record is corrupt."""
+    not take (a new event type, a new record type, a known type with a mistyped field the audit
+    reads) is decoded again as a general item: unknown types are reported, a mistyped record is
+    corrupt. A mistyped field the audit does not read is skipped unchecked, like any field it
+    does not read (line 6: ``role`` of a token count)."""
     lines = CODEX.read_text().splitlines()
     extra = [
         '{"timestamp":"2026-11-21T09:00:09.000Z","type":"event_msg",'
         '"payload":{"type":"hologram_started","id":"h1"}}',
         '{"timestamp":"2026-11-21T09:00:09.000Z","type":"future_record","payload":{"x":1}}',
+        '{"timestamp":"2026-11-21T09:00:09.000Z","type":"event_msg",'
+        '"payload":{"type":"token_count","info":5}}',
         '{"timestamp":"2026-11-21T09:00:09.000Z","type":"event_msg",'
         '"payload":{"type":"token_count","role":5}}',
         '{"timestamp":"2026-11-21T09:00:09.000Z","type":"world_state","payload":{"role":5}}',

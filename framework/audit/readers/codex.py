@@ -97,40 +97,56 @@ class _EventPayload(msgspec.Struct, tag_field="type", gc=False):
     """The payload of an ``event_msg`` line, by its ``type``."""
 
 
-_ITEM_FIELDS = [
-    (f.name, f.type, f.default) for f in msgspec.structs.fields(Item) if f.name != "type"
-]
-"""The fields of :class:`Item` but ``type`` (the tag). A record the audit reads declares all of
-them, so each line is checked exactly as when it was decoded as an :class:`Item`: it reads, or is
-refused (and then read as an :class:`Item` again, and counted as before), in the same cases."""
+def _fields(*names: str) -> list[tuple[str, Any, Any]]:
+    """The fields of :class:`Item` named (with their types and defaults)."""
+    return [(f.name, f.type, f.default) for f in msgspec.structs.fields(Item) if f.name in names]
+
+
+class _SessionMeta(msgspec.Struct, gc=False):
+    id: str | None = None
+    timestamp: str | None = None
+
+
+class _TurnContext(msgspec.Struct, gc=False):
+    model: str | None = None
+
+
+class _Compacted(msgspec.Struct, gc=False):
+    message: str | None = None
+    timestamp: str | None = None
 
 
 def _shape(name: str, base: type, tag: str, fields: list[Any]) -> type:
     return msgspec.defstruct(f"_{name}", fields, bases=(base,), tag=tag, gc=False)
 
 
-_TokenCount = _shape("TokenCount", _EventPayload, "token_count", _ITEM_FIELDS)
-_ErrorMsg = _shape("ErrorMsg", _EventPayload, "error", _ITEM_FIELDS)
+def _envelope(name: str, payload: Any) -> type:
+    return _shape(name, _Envelope, name, [*_fields("timestamp"), ("payload", payload, None)])
+
+
+_TokenCount = _shape("TokenCount", _EventPayload, "token_count", _fields("info"))
+_ErrorMsg = _shape("ErrorMsg", _EventPayload, "error", _fields("message"))
 _UI = {_shape(f"UI_{name}", _EventPayload, name, []): name for name in sorted(UI_EVENTS)}
 """UI events declare no field: whatever they hold is skipped, never built (they were ignored
 before too, when their payload did not fit :class:`Item`: see :func:`_unused`)."""
 _EVENT_KIND: dict[type, str] = {_TokenCount: "token_count", _ErrorMsg: "error", **_UI}
 _EVENT_PAYLOAD = Union[tuple(_EVENT_KIND)] | None  # type: ignore[valid-type]  # noqa: UP007
 _OUTER: dict[type, str] = {
-    **{
-        _shape(name, _Envelope, name, _ITEM_FIELDS): name
-        for name in ("session_meta", "turn_context", "response_item", "compacted")
-    },
-    _shape(
-        "event_msg",
-        _Envelope,
-        "event_msg",
-        [f if f[0] != "payload" else ("payload", _EVENT_PAYLOAD, None) for f in _ITEM_FIELDS],
-    ): "event_msg",
+    _envelope("session_meta", _SessionMeta | None): "session_meta",
+    _envelope("turn_context", _TurnContext | None): "turn_context",
+    _envelope("compacted", _Compacted | None): "compacted",
+    _envelope("response_item", Item | None): "response_item",
+    _envelope("event_msg", _EVENT_PAYLOAD): "event_msg",
     **{_shape(name, _Envelope, name, []): "quiet" for name in sorted(QUIET_ENVELOPES)},
 }
-"""The record classes and what each is; ``quiet`` records (see :data:`QUIET_ENVELOPES`) declare no
-field, like UI events."""
+"""The record classes and what each is. Each declares only the fields the audit reads (the
+decoder skips the others unchecked: a field nothing reads cannot make a record unreadable);
+``quiet`` records (see :data:`QUIET_ENVELOPES`) declare none, like UI events. A response item's
+payload is a whole :class:`Item`, its kinds being too many and too open to list."""
+_EVENT_MSG = next(shape for shape, name in _OUTER.items() if name == "event_msg")
+_RESPONSE_ITEM = next(shape for shape, name in _OUTER.items() if name == "response_item")
+_QUIET = frozenset(shape for shape, name in _OUTER.items() if name == "quiet")
+_UI_SHAPES = frozenset(_UI)
 _records = msgspec.json.Decoder(Union[tuple(_OUTER)])  # noqa: UP007
 """The fast decoder: a line of a known record type decodes into its class; any other line is
 decoded again as an :class:`Item` (``fallback`` of :func:`decode_records`), as it was before."""
@@ -182,9 +198,9 @@ class RangeCarry(msgspec.Struct, gc=False):
 class CodexReader:
     """Lines are decoded a block at a time (:func:`decode_records`) into a tagged union of the
     record types (:data:`_OUTER`): the decoder picks each line's class from its ``type``, in C.
-    Records the audit reads declare the fields of :class:`Item`; fields they do not declare, such
-    as ``base_instructions`` or ``encrypted_content``, are skipped by the decoder, never built as
-    Python objects, and the records it ignores (UI events, ``world_state``, usage records)
+    Records the audit reads declare only the fields it reads; the others, such as
+    ``base_instructions`` or ``encrypted_content``, are skipped by the decoder, never built as
+    Python objects (nor type-checked), and the records it ignores (UI events, ``world_state``, usage records)
     declare none, so nothing of them is built. A line of a type the union does not know (an
     older rollout, a new event) is decoded again as an :class:`Item` and read as before. In a
     rollout most lines are records the audit uses, so recognizing the others from their first
@@ -280,11 +296,33 @@ class Rollout:
     ) -> Iterator[Event]:
         checked: set[str] = set()
         outers, event_kinds = _OUTER, _EVENT_KIND
+        event_msg, response_item, quiet, ui = _EVENT_MSG, _RESPONSE_ITEM, _QUIET, _UI_SHAPES
         item_events = self._item
         for block, numbers, records in blocks:
             skipped = 0
             for number, rec in zip(numbers, records, strict=True):
-                outer = outers.get(type(rec))
+                # the three most common records first, by class: UI events, response items and
+                # bookkeeping records are most lines of a rollout
+                shape = type(rec)
+                if shape is event_msg:
+                    item = rec.payload
+                    if item is not None and type(item) in ui:
+                        skipped += 1
+                        continue
+                elif shape is response_item:
+                    item = rec.payload
+                    if item is None:
+                        continue
+                    kind = item.type
+                    if kind not in checked:
+                        checked.add(kind)
+                        state.check_fields(f"codex:{kind}", block.line(number), ITEM_KEYS)
+                    yield from item_events(item, source, number, rec.timestamp, state)
+                    continue
+                elif shape in quiet:
+                    skipped += 1
+                    continue
+                outer = outers.get(shape)
                 if outer == "event_msg":
                     item = rec.payload
                     if item is None:
@@ -311,11 +349,11 @@ class Rollout:
                         item = rec
                         outer = "response_item" if outer else "session_meta"
                     kind = item.type
-                else:
+                else:  # session_meta, turn_context, compacted: their payloads have no type
                     item = rec.payload
                     if item is None:
                         continue
-                    kind = item.type
+                    kind = outer
                 if outer == "event_msg":
                     if kind in UI_EVENTS:
                         skipped += 1
