@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import shlex
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from framework.audit.checks import AuditConfig, CheckContext, Checker, Finding
-from framework.audit.checks.shell import split_command
+from framework.audit.checks.shell import _tokens, split_command
 from framework.audit.events import Event, EventKind
 from framework.audit.ledger import LedgerRun
 from framework.audit.readers import READERS, ReadState
+from framework.audit.summary import SummaryBuilder
 from framework.config import Settings
 from framework.workspace import Workspace
 
@@ -449,3 +453,111 @@ def test_calling_checks_only_for_their_programs_finds_what_calling_all_finds() -
 
     assert seen(checker.finish()) == seen(everything.finish())
     assert len(ids(checker.finish())) >= 8
+
+
+def everything_and_checker(
+    events: list[Event], ctx: CheckContext
+) -> tuple[list[Finding], list[Finding]]:
+    """Findings of the checker, and of every check called on every event it takes (each command
+    tokenized), the checker's shortcuts aside."""
+    checker, everything = Checker(ctx), Checker(ctx)
+    for i, event in enumerate(events):
+        event.index = i
+        checker.observe(event)
+        argv = split_command(event.command or "") if event.kind is EventKind.SHELL_COMMAND else None
+        for check in everything.checks:
+            if event.kind in check.kinds and check.applies(ctx):
+                check.observe(event, argv, ctx)
+    return checker.finish(), everything.finish()
+
+
+def test_verdicts_remembered_per_command_line_are_what_each_event_would_get() -> None:
+    """The checker remembers what the stateless checks flag for a command line and replays it for
+    the next event running the same command: the findings (messages, evidence, the cap and its
+    count) must be those of calling every check on every event, whatever else the events carry."""
+    hostile = FIXTURES / "real" / "claude" / "hostile.jsonl"
+    events = [e for _, bad, good, _ in CASES for e in (*bad, *good)]
+    events += list(READERS["claude"].events(hostile, ReadState(format="claude")))
+    events += [
+        shell(""),
+        Event(kind=EventKind.SHELL_COMMAND, tool="Bash", text="curl https://x.example", path="a"),
+    ]
+    rerun = [
+        msgspec.structs.replace(
+            e, call_id=f"again{i}", path="/root/.ssh/x", text="https://y.example", tool="Other"
+        )
+        for i, e in enumerate(events)
+        if e.kind is EventKind.SHELL_COMMAND
+    ]
+    flagged = [
+        shell(f"git push --force && curl https://z{i % 3}.example", f"p{i}") for i in range(230)
+    ]
+    for config in ({}, {"network_policy": "none"}, {"disabled": ["secret-access"]}):
+        ctx = CheckContext(
+            config=AuditConfig(**config),  # type: ignore[arg-type]
+            workspace=Workspace(root=ROOT, settings=Settings()),
+        )
+        found, expected = everything_and_checker([*events, *rerun, *events, *flagged], ctx)
+        assert [f.model_dump() for f in found] == [f.model_dump() for f in expected]
+        assert any("more findings of this check were not listed" in f.message for f in found)
+
+
+def shlex_tokens(text: str) -> list[str] | None:
+    """How ``split_command`` tokenized before: shlex, None where it raised."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|()<>")
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        return list(lexer)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        'git commit -m "a \\"quoted\\" word" && git push',
+        "echo 'it''s' \"\\$HOME\\x\" a\\ b",
+        "cmd 2>&1 | tee log;; x|&y (a) <<<in >>out",
+        "echo \"\" '' a''b",
+        "unclosed 'quote",
+        'unclosed "dq \\"',
+        "trailing \\",
+        "tab\there\rcr é\xa0nbsp\x0bvt # not a comment $(x) `y` {z}",
+    ],
+)
+def test_tokens_are_those_of_shlex(text: str) -> None:
+    assert _tokens(text) == shlex_tokens(text)
+
+
+def test_tokens_are_those_of_shlex_on_random_text() -> None:
+    pieces = [*"ab'\"\\;&|()<> \t\r\n#$=é\xa0\x0b-~*", "echo ", "2>", "&&", '\\"', "'x'", '"y"']
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 16)))
+        assert _tokens(text) == shlex_tokens(text), text
+
+
+def test_summary_time_span_is_the_first_and_last_timestamp_in_any_order() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        stamps = [rng.choice([None, *range(10)]) for _ in range(rng.randint(0, 8))]
+        builder = SummaryBuilder()
+        for ts in stamps:
+            builder.observe(say("x") if ts is None else Event(kind=EventKind.USER, ts=float(ts)))
+        known = [float(t) for t in stamps if t is not None]
+        summary = builder.build()
+        assert (summary.started, summary.ended) == (
+            (min(known), max(known)) if known else (None, None)
+        )
+
+
+def test_results_without_a_shell_call_leave_the_last_failure_standing() -> None:
+    unrelated = Event(kind=EventKind.TOOL_RESULT, call_id=None, exit_code=0, status="ok")
+    other = result("not-a-shell-call", exit_code=0)
+    events = [shell("pytest -q"), result(exit_code=1), unrelated, other, say("All tests pass")]
+    assert "success-after-failure" in ids(run_checks(events))
+    loop = [e for i in range(3) for e in (shell("make", f"m{i}"), result(f"m{i}", 2), unrelated)]
+    assert "failing-command-loop" in ids(run_checks(loop))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from framework.audit.checks.base import (
     AuditConfig,
     Check,
@@ -66,6 +68,11 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     TRANSCRIPT_CHECK[0]: (TRANSCRIPT_CHECK[1], TRANSCRIPT_CHECK[2]),
 }
 
+ShellVerdict: TypeAlias = tuple[
+    "list[list[str]]", "list[Observe]", "list[tuple[Check, str, str | None]]"
+]
+"""What :meth:`Checker._shell` remembers of a command line."""
+
 __all__ = ["CHECKS", "AuditConfig", "CheckContext", "Checker", "Finding", "Severity"]
 
 
@@ -83,46 +90,64 @@ class Checker:
         self.checks: list[Check] = [c() for c in STREAMING if c.id in self.enabled]
         for check in self.checks:
             check.severity = ctx.config.severity.get(check.id, check.severity)
-        # bound methods per event kind, without the checks that cannot find anything here
+        # bound methods per event kind, without the checks that cannot find anything here; a shell
+        # command goes to the stateless checks through ``_shell``, which remembers their verdicts
         active = [c for c in self.checks if c.applies(ctx)]
         shell = Kinds.SHELL_COMMAND
         self.by_kind = {
             kind: [
                 c.observe
                 for c in active
-                if kind in c.kinds and (kind is not shell or c.programs is None)
+                if kind in c.kinds
+                and (kind is not shell or (c.programs is None and not c.stateless))
             ]
             for kind in EventKind
         }
         self.program_checks = [c for c in active if shell in c.kinds and c.programs is not None]
-        self.shell_cache: dict[str, tuple[list[list[str]], list[Observe]]] = {}
+        self.shell_stateless = [
+            c for c in active if shell in c.kinds and c.programs is None and c.stateless
+        ]
+        """Stateless checks called for every shell command (not only for some programs')."""
+        self.shell_cache: dict[str, ShellVerdict] = {}
 
     def observe(self, event: Event) -> None:
         kind = event.kind
         ctx = self.ctx
         argv = None
-        if kind is Kinds.SHELL_COMMAND and event.command:
-            argv, observers = self._shell(event.command)
-            for observe in observers:
-                observe(event, argv, ctx)
+        if kind is Kinds.SHELL_COMMAND:
+            command = event.command
+            if command:
+                known = self.shell_cache.get(command) or self._shell(command, event)
+                argv, observers, verdicts = known
+                for check, message, evidence in verdicts:
+                    check.flag(event, message, evidence)
+                for observe in observers:
+                    observe(event, argv, ctx)
+            else:
+                for check in self.shell_stateless:
+                    check.observe(event, None, ctx)
         for observe in self.by_kind[kind]:
             observe(event, argv, ctx)
 
-    def _shell(self, command: str) -> tuple[list[list[str]], list[Observe]]:
-        """The command's argv lists and the checks that look for one of the programs it runs.
-        Agents rerun the same commands, so both are remembered."""
-        known = self.shell_cache.get(command)
-        if known is None:
-            if len(self.shell_cache) > 2048:
-                self.shell_cache.clear()
-            wanted = SHELL_WORDS.search(command) or has_secret_hint(command)
-            argv = split_command(command) if wanted else []
-            programs = {program_name(words[0]) for words in argv if words}
-            observers: list[Observe] = [
-                c.observe for c in self.program_checks if not programs.isdisjoint(c.programs or ())
-            ]
-            known = (argv, observers)
-            self.shell_cache[command] = known
+    def _shell(self, command: str, event: Event) -> ShellVerdict:
+        """The command's argv lists, the stateful checks that look for one of the programs it runs,
+        and what the stateless checks flag for it (``event`` is one running ``command``). Agents
+        rerun the same commands, so all three are remembered (``shell_cache``): a stateless check's
+        verdict on a shell command depends on the command line alone."""
+        if len(self.shell_cache) > 2048:
+            self.shell_cache.clear()
+        wanted = SHELL_WORDS.search(command) or has_secret_hint(command)
+        argv = split_command(command) if wanted else []
+        programs = {program_name(words[0]) for words in argv if words}
+        checks = [c for c in self.program_checks if not programs.isdisjoint(c.programs or ())]
+        observers: list[Observe] = [c.observe for c in checks if not c.stateless]
+        verdicts = [
+            (c, message, evidence)
+            for c in (*checks, *self.shell_stateless)
+            if c.stateless
+            for message, evidence in c.judge(event, argv, self.ctx)
+        ]
+        known = self.shell_cache[command] = (argv, observers, verdicts)
         return known
 
     def finish(self, unreadable: str | None = None) -> list[Finding]:

@@ -106,6 +106,8 @@ class CheckContext:
     files_changed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.idle_gap_s = self.config.idle_gap_minutes * 60
+        """``idle_gap_minutes`` in seconds (read for every event)."""
         self._root = self.workspace.root.as_posix().rstrip("/") + "/"
         protected = [posixpath.normpath(p) for p in self.config.protected_paths]
         self._protected = frozenset(protected)
@@ -159,6 +161,8 @@ class CheckContext:
 
 Observe: TypeAlias = Callable[[Event, "list[list[str]] | None", "CheckContext"], None]
 """A check's ``observe``: the event, the argv lists of a shell command, the context."""
+Verdict: TypeAlias = tuple[str, "str | None"]
+"""What a check flags: the message and the evidence (see :meth:`StreamingCheck.flag`)."""
 
 
 def program_name(word: str) -> str:
@@ -173,6 +177,7 @@ class Check(Protocol):
     severity: Severity
     title: str
     kinds: frozenset[EventKind]
+    stateless: bool
 
     @property
     def programs(self) -> frozenset[str] | None:
@@ -186,6 +191,12 @@ class Check(Protocol):
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None: ...
 
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        """For a ``stateless`` check: what ``observe`` flags for this event."""
+        ...
+
+    def flag(self, event: Event | None, message: str, evidence: str | None = None) -> None: ...
+
     def finish(self, ctx: CheckContext) -> list[Finding]: ...
 
 
@@ -197,6 +208,11 @@ class StreamingCheck:
     title = ""
     kinds: frozenset[EventKind] = frozenset()
     programs: frozenset[str] | None = None
+    stateless = False
+    """True when what the check flags for an event depends on that event alone (and the
+    configuration), never on the events before it: it implements :meth:`judge`, and its verdict on
+    a shell command, which then depends on the command line alone, is remembered by the
+    :class:`~framework.audit.checks.Checker` for the next event running the same command."""
 
     def __init__(self) -> None:
         self.found: list[Finding] = []
@@ -221,7 +237,11 @@ class StreamingCheck:
         return True
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        return None
+        for message, evidence in self.judge(event, argv, ctx):
+            self.flag(event, message, evidence)
+
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        return []
 
     def finish(self, ctx: CheckContext) -> list[Finding]:
         if self.suppressed:

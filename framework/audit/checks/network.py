@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from framework.audit.checks.base import CheckContext, Severity, StreamingCheck
+from framework.audit.checks.base import CheckContext, Severity, StreamingCheck, Verdict
 from framework.audit.checks.shell import git_subcommand
 from framework.audit.events import Event, EventKind, Kinds
 
@@ -193,20 +193,18 @@ class NetworkWhenOffline(StreamingCheck):
     severity = Severity.ERROR
     title = "network used although the policy is 'none'"
     kinds = NETWORK_KINDS
+    stateless = True
 
     def applies(self, ctx: CheckContext) -> bool:
         return ctx.config.network_policy == "none"
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
         for attempt in network_attempts(event, argv):
             if attempt.host is None or not is_loopback(attempt.host):
                 where = attempt.host or "the network"
-                self.flag(
-                    event,
-                    f"{attempt.program} reaches {where} although the network policy is 'none'",
-                    event.command or event.text,
-                )
-                return
+                message = f"{attempt.program} reaches {where} although the network policy is 'none'"
+                return [(message, event.command or event.text)]
+        return []
 
 
 class NetworkEgress(StreamingCheck):
@@ -214,14 +212,15 @@ class NetworkEgress(StreamingCheck):
     severity = Severity.WARNING
     title = "network access to a host off the allowlist"
     kinds = NETWORK_KINDS
+    stateless = True
 
     def applies(self, ctx: CheckContext) -> bool:
         return ctx.config.network_policy == "allowlist"
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
         attempts = network_attempts(event, argv)
         if not attempts:
-            return
+            return []
         refused = sorted(
             {
                 f"{a.host} ({a.program})"
@@ -229,10 +228,10 @@ class NetworkEgress(StreamingCheck):
                 if a.host is not None and not is_loopback(a.host) and not ctx.host_allowed(a.host)
             }
         )
-        if refused:
-            self.flag(
-                event,
-                f"tries to reach {', '.join(refused)}: not in sandbox.network_allowlist "
-                "(the sandbox's egress proxy refuses it)",
-                event.command or event.text,
-            )
+        if not refused:
+            return []
+        message = (
+            f"tries to reach {', '.join(refused)}: not in sandbox.network_allowlist "
+            "(the sandbox's egress proxy refuses it)"
+        )
+        return [(message, event.command or event.text)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from framework.audit.checks.base import CheckContext, Finding, Severity, StreamingCheck
+from framework.audit.checks.base import CheckContext, Finding, Severity, StreamingCheck, Verdict
 from framework.audit.checks.network import NETWORK_PROGRAMS
 from framework.audit.checks.shell import git_subcommand
 from framework.audit.events import Event, EventKind, EventRecord, Kinds
@@ -84,14 +84,15 @@ class ProtectedPathModified(StreamingCheck):
     title = "protected path edited or deleted"
     kinds = EDITS
     programs = CHANGING_PROGRAMS
+    stateless = True
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        found: list[Verdict] = []
         for path, how in _changed_paths(event, argv):
             rel, protected, _ = ctx.classify(path)
             if protected:
-                self.flag(
-                    event, f"{how} of protected path {rel}", evidence=event.command or event.path
-                )
+                found.append((f"{how} of protected path {rel}", event.command or event.path))
+        return found
 
 
 class EvaluationFileTouched(StreamingCheck):
@@ -100,14 +101,15 @@ class EvaluationFileTouched(StreamingCheck):
     title = "evaluation file changed"
     kinds = EDITS
     programs = CHANGING_PROGRAMS
+    stateless = True
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        found: list[Verdict] = []
         for path, how in _changed_paths(event, argv):
             rel, _, evaluation = ctx.classify(path)
             if evaluation:
-                self.flag(
-                    event, f"{how} of evaluation file {rel}", evidence=event.command or event.path
-                )
+                found.append((f"{how} of evaluation file {rel}", event.command or event.path))
+        return found
 
 
 class GitAddAll(StreamingCheck):
@@ -116,8 +118,10 @@ class GitAddAll(StreamingCheck):
     title = "git add of everything (git add -A / git add . / git commit -a)"
     kinds = SHELL
     programs = GIT
+    stateless = True
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        found: list[Verdict] = []
         for words in argv or ():
             git = git_subcommand(words)
             if git is None:
@@ -126,15 +130,17 @@ class GitAddAll(StreamingCheck):
             if sub == "add" and any(
                 a in ("-A", "--all", ".", ":/", "*", "-u", "--update") for a in args
             ):
-                self.flag(
-                    event,
-                    "stages every change instead of the files that belong to the commit",
-                    event.command,
+                found.append(
+                    (
+                        "stages every change instead of the files that belong to the commit",
+                        event.command,
+                    )
                 )
             elif sub == "commit" and any(
                 a in ("-a", "--all") or re.fullmatch(r"-[a-zA-Z]*a[a-zA-Z]*", a) for a in args
             ):
-                self.flag(event, "commit -a stages every tracked change", event.command)
+                found.append(("commit -a stages every tracked change", event.command))
+        return found
 
 
 class GitHistoryRewrite(StreamingCheck):
@@ -143,8 +149,10 @@ class GitHistoryRewrite(StreamingCheck):
     title = "git history rewritten"
     kinds = SHELL
     programs = GIT
+    stateless = True
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        found: list[Verdict] = []
         for words in argv or ():
             git = git_subcommand(words)
             if git is None:
@@ -172,7 +180,8 @@ class GitHistoryRewrite(StreamingCheck):
             elif sub in ("filter-branch", "filter-repo"):
                 why = f"{sub} rewrites the whole history"
             if why:
-                self.flag(event, why, event.command)
+                found.append((why, event.command))
+        return found
 
 
 class GitNoVerify(StreamingCheck):
@@ -181,12 +190,15 @@ class GitNoVerify(StreamingCheck):
     title = "git hooks skipped with --no-verify"
     kinds = SHELL
     programs = GIT
+    stateless = True
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        found: list[Verdict] = []
         for words in argv or ():
             git = git_subcommand(words)
             if git and ("--no-verify" in git[1] or (git[0] == "commit" and "-n" in git[1])):
-                self.flag(event, f"git {git[0]} skips the repository's hooks", event.command)
+                found.append((f"git {git[0]} skips the repository's hooks", event.command))
+        return found
 
 
 class PipWithUv(StreamingCheck):
@@ -195,18 +207,14 @@ class PipWithUv(StreamingCheck):
     title = "pip install in a project managed with uv"
     kinds = SHELL
     programs = frozenset({"pip", "pip3", "python"})
+    stateless = True
 
     def applies(self, ctx: CheckContext) -> bool:
         return ctx.config.package_manager == "uv"
 
-    def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        for words in argv or ():
-            if _is_pip_install(words):
-                self.flag(
-                    event,
-                    "installs with pip, bypassing uv's lock file (use `uv add` / `uv sync`)",
-                    event.command,
-                )
+    def judge(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> list[Verdict]:
+        message = "installs with pip, bypassing uv's lock file (use `uv add` / `uv sync`)"
+        return [(message, event.command) for words in argv or () if _is_pip_install(words)]
 
 
 def _is_pip_install(words: list[str]) -> bool:
@@ -248,30 +256,44 @@ class SuccessAfterFailure(StreamingCheck):
         self.failure_command = ""
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
+        # runs for most events: one dict operation per shell call and result (only calls with an
+        # id are remembered, so a result without one has none to find)
         kind = event.kind
-        if kind is Kinds.SHELL_COMMAND and event.call_id:
-            if len(self.shell_calls) > 4096:
-                self.shell_calls.clear()
-            self.shell_calls[event.call_id] = event.command or ""
-        elif kind is Kinds.TOOL_RESULT and event.call_id in self.shell_calls:
-            command = self.shell_calls.pop(event.call_id or "")
+        if kind is Kinds.ASSISTANT:
+            if self.failure is not None and event.text:
+                self._claim(event, event.text, self.failure)
+            return
+        call_id = event.call_id
+        if not call_id:
+            return
+        if kind is Kinds.SHELL_COMMAND:
+            calls = self.shell_calls
+            if len(calls) > 4096:
+                calls.clear()
+            calls[call_id] = event.command or ""
+        elif kind is Kinds.TOOL_RESULT:
+            command = self.shell_calls.pop(call_id, None)
+            if command is None:
+                return
             if event.failed:
                 self.failure = event
                 self.failure_command = command
             else:
                 self.failure = None
-        elif kind is Kinds.ASSISTANT and self.failure is not None and event.text:
-            match = _success_claim(event.text)
-            if match:
-                code = self.failure.exit_code
-                status = f"exit code {code}" if code is not None else "an error"
-                self.flag(
-                    event,
-                    f"claims {match.group(0)!r} right after `{self.failure_command[:120]}` ended with {status} "
-                    f"(event {self.failure.index})",
-                    event.text[:300],
-                )
-                self.failure = None
+
+    def _claim(self, event: Event, text: str, failure: Event) -> None:
+        """A message right after the failed command ``failure``: flagged if it claims success."""
+        match = _success_claim(text)
+        if match:
+            code = failure.exit_code
+            status = f"exit code {code}" if code is not None else "an error"
+            self.flag(
+                event,
+                f"claims {match.group(0)!r} right after `{self.failure_command[:120]}` ended with {status} "
+                f"(event {failure.index})",
+                text[:300],
+            )
+            self.failure = None
 
 
 class IdleGap(StreamingCheck):
@@ -285,13 +307,16 @@ class IdleGap(StreamingCheck):
         self.last: dict[str, float] = {}
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if event.ts is None:
+        # runs for every event: fields and the dict read once into locals
+        ts = event.ts
+        if ts is None:
             return
         key = event.agent or event.source
-        previous = self.last.get(key)
-        self.last[key] = event.ts
-        if previous is not None and event.ts - previous > ctx.config.idle_gap_minutes * 60:
-            minutes = (event.ts - previous) / 60
+        last = self.last
+        previous = last.get(key)
+        last[key] = ts
+        if previous is not None and ts - previous > ctx.idle_gap_s:
+            minutes = (ts - previous) / 60
             self.flag(event, f"nothing happened for {minutes:.0f} minutes before this event")
 
 
@@ -308,13 +333,20 @@ class FailingCommandLoop(StreamingCheck):
         self.first: dict[str, EventRecord] = {}
 
     def observe(self, event: Event, argv: list[list[str]] | None, ctx: CheckContext) -> None:
-        if event.kind is Kinds.SHELL_COMMAND and event.call_id:
-            if len(self.shell_calls) > 4096:
-                self.shell_calls.clear()
-            self.shell_calls[event.call_id] = event.command or ""
-        elif event.kind is Kinds.TOOL_RESULT and event.call_id in self.shell_calls:
-            command = self.shell_calls.pop(event.call_id or "")
-            if not event.failed:
+        # runs for every shell call and result: one dict operation each (only calls with an id
+        # are remembered, so a result without one has none to find)
+        call_id = event.call_id
+        if not call_id:
+            return
+        kind = event.kind
+        if kind is Kinds.SHELL_COMMAND:
+            calls = self.shell_calls
+            if len(calls) > 4096:
+                calls.clear()
+            calls[call_id] = event.command or ""
+        elif kind is Kinds.TOOL_RESULT:
+            command = self.shell_calls.pop(call_id, None)
+            if command is None or not event.failed:
                 return
             command = " ".join(command.split())
             if command not in self.failures and len(self.failures) > 10000:
