@@ -13,6 +13,12 @@ workers' CPU time and peak RSS are shown apart. Other jobs on the machine slow t
 more than the CPU time, so compare CPU rates across runs. ``--profile`` adds the functions that
 took the most time (cProfile, which roughly doubles the run time) for each file.
 
+The machine's speed varies from minute to minute (shared hosts), so each JSONL file is also read by a
+reference in its own child process right after the audit: msgspec decoding every line into plain
+Python objects in one process, and nothing else (the issue's "a fast JSON library reads such
+lines"). The table gives the audit's wall-clock rate as a ratio of the reference's, measured in the
+same run: that ratio, unlike MB/s, holds from one minute to the next.
+
 Claude Code, Codex and Gemini CLI transcripts are JSONL files: the real session is repeated whole,
 line for line (a Gemini session is an upsert log, so its repeats rewrite the same messages: the
 reader decodes every line and folds them into one session's events). OpenCode keeps sessions in a
@@ -158,6 +164,48 @@ def measure_one(path: str, profile: bool) -> None:
     )
 
 
+def measure_reference(path: str) -> None:
+    """Child process: decode every line of the JSONL file ``path`` with msgspec into plain Python
+    objects, a megabyte of whole lines at a time, and print seconds and bytes."""
+    import msgspec
+
+    decode = msgspec.json.Decoder().decode_lines
+    start, cpu_start = time.perf_counter(), time.process_time()
+    size = records = 0
+    rest = b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            size += len(chunk)
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                rest += chunk
+                continue
+            records += len(decode(rest + chunk[:cut]))
+            rest = chunk[cut:]
+    if rest.strip():
+        records += len(decode(rest))
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    print(
+        json.dumps(
+            {"seconds": seconds, "cpu_seconds": cpu_seconds, "bytes": size, "records": records}
+        )
+    )
+
+
+def reference(path: Path) -> dict[str, float] | None:
+    """The reference's MB/s (wall and CPU) on ``path``, in a fresh process; None for OpenCode's
+    SQLite database, which has no lines to decode."""
+    if path.suffix != ".jsonl":
+        return None
+    command = [sys.executable, "-m", "tests.bench.audit", "--child-reference", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "mb_per_s": row["bytes"] / 1e6 / row["seconds"],
+        "mb_per_cpu_s": row["bytes"] / 1e6 / row["cpu_seconds"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,9 +217,13 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary per file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-reference", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         measure_one(args.child, args.profile)
+        return
+    if args.child_reference:
+        measure_reference(args.child_reference)
         return
     out = args.keep or Path(tempfile.mkdtemp(prefix="audit-bench-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +244,10 @@ def main() -> None:
             row["events_per_s"] = row["events"] / row["seconds"]
             row["events_per_cpu_s"] = row["events"] / row["cpu_seconds"]
             row["source"] = ", ".join(p.relative_to(ROOT).as_posix() for p in sources(fmt))
+            ref = reference(path)
+            row["reference_mb_per_s"] = ref and ref["mb_per_s"]
+            row["reference_mb_per_cpu_s"] = ref and ref["mb_per_cpu_s"]
+            row["ratio_to_reference"] = ref and row["mb_per_s"] / ref["mb_per_s"]
             results.append(row)
             if args.keep is None:
                 path.unlink()
@@ -201,15 +257,18 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     print(
         "\n| format | file | MB/s (wall) | MB/s (CPU time) | events/s (CPU time) | peak RSS (MB) "
-        "| workers' CPU (s) | workers' peak RSS (MB) | lines | events | findings | load avg |"
+        "| workers' CPU (s) | workers' peak RSS (MB) | lines | events | findings | load avg "
+        "| reference MB/s (wall) | audit / reference (wall) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        ref = r["reference_mb_per_s"]
+        ref_text = f"{ref:.0f} | {r['ratio_to_reference']:.2f}" if ref else "– | –"
         print(
             f"| {r['format']} | {r['size_mb']} MB | {r['mb_per_s']:.0f} | {r['mb_per_cpu_s']:.0f} | "
             f"{r['events_per_cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | "
             f"{r['worker_cpu_seconds']:.1f} | {r['worker_peak_rss_mb']:.0f} | {r['lines']:,} | "
-            f"{r['events']:,} | {r['findings']} | {r['load_avg']} |"
+            f"{r['events']:,} | {r['findings']} | {r['load_avg']} | {ref_text} |"
         )
     for name, text in profiles.items():
         if text:
