@@ -439,20 +439,13 @@ def test_calling_checks_only_for_their_programs_finds_what_calling_all_finds() -
     events = [e for _, bad, good, _ in CASES for e in (*bad, *good)]
     events += list(READERS["claude"].events(hostile, ReadState(format="claude")))
     ctx = CheckContext(config=AuditConfig(), workspace=Workspace(root=ROOT, settings=Settings()))
-    checker, everything = Checker(ctx), Checker(ctx)
-    for i, event in enumerate(events):
-        event.index = i
-        checker.observe(event)
-        argv = split_command(event.command or "") if event.kind is EventKind.SHELL_COMMAND else None
-        for check in everything.checks:
-            if event.kind in check.kinds and check.applies(ctx):
-                check.observe(event, argv, ctx)
+    found, expected = everything_and_checker(events, ctx)
 
     def seen(findings: list[Finding]) -> list[tuple[str, int | None, str]]:
         return [(f.check, f.event.index if f.event else None, f.message) for f in findings]
 
-    assert seen(checker.finish()) == seen(everything.finish())
-    assert len(ids(checker.finish())) >= 8
+    assert seen(found) == seen(expected)
+    assert len(ids(found)) >= 8
 
 
 def everything_and_checker(

@@ -243,6 +243,13 @@ def _success_claim(text: str) -> re.Match[str] | None:
     return SUCCESS_CLAIM.search(text)
 
 
+def _remember_call(calls: dict[str, str], call_id: str, command: str | None) -> None:
+    """Remember a shell call's command until its result comes, in a dict of bounded size."""
+    if len(calls) > 4096:
+        calls.clear()
+    calls[call_id] = command or ""
+
+
 class SuccessAfterFailure(StreamingCheck):
     id = "success-after-failure"
     severity = Severity.ERROR
@@ -267,10 +274,7 @@ class SuccessAfterFailure(StreamingCheck):
         if not call_id:
             return
         if kind is Kinds.SHELL_COMMAND:
-            calls = self.shell_calls
-            if len(calls) > 4096:
-                calls.clear()
-            calls[call_id] = event.command or ""
+            _remember_call(self.shell_calls, call_id, event.command)
         elif kind is Kinds.TOOL_RESULT:
             command = self.shell_calls.pop(call_id, None)
             if command is None:
@@ -340,10 +344,7 @@ class FailingCommandLoop(StreamingCheck):
             return
         kind = event.kind
         if kind is Kinds.SHELL_COMMAND:
-            calls = self.shell_calls
-            if len(calls) > 4096:
-                calls.clear()
-            calls[call_id] = event.command or ""
+            _remember_call(self.shell_calls, call_id, event.command)
         elif kind is Kinds.TOOL_RESULT:
             command = self.shell_calls.pop(call_id, None)
             if command is None or not event.failed:
