@@ -10,8 +10,12 @@ them on to the checks, which see exactly the events, in exactly the order, of re
 one go. At most a few segments are in flight, so memory stays bounded whatever the file size.
 A worker that dies (killed for memory, say) fails the audit instead of hanging it.
 
-Small files, compressed files and formats without :meth:`RangeReader.read_range` are read in this
-process, as is everything where starting workers is not possible (one core, no ``fork``).
+A compressed file (``.jsonl.zst``) cannot be cut at byte offsets: this process decompresses it and
+writes its segments, whole lines, to spool files in memory (``/dev/shm``), which the workers read;
+the events' file name is set back to the compressed file's.
+
+Small files and formats without :meth:`RangeReader.read_range` are read in this process, as is
+everything where starting workers is not possible (one core, no ``fork``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import msgspec
 
 from framework.audit.events import Event
 from framework.audit.readers import READERS
-from framework.audit.readers.base import ReadState, line_start
+from framework.audit.readers.base import CHUNK_BYTES, ReadState, line_start, open_binary
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -39,6 +43,13 @@ SEGMENT_BYTES = 8 << 20
 matter, small enough for a few in flight to stay a few megabytes of events."""
 MIN_BYTES = 64 << 20
 """Smaller files are read in this process: starting workers would cost more than it saves."""
+UNKNOWN_RATIO = 4
+"""A ``.zst`` file whose header does not give its decompressed size (a streaming writer's) is taken
+to hold this many times its own size: fewer than JSON text compresses to, so that a file read by
+workers is large enough to gain from them."""
+SPOOL = "segment.jsonl"
+"""The name of a spooled segment (see :func:`_spooled`), replaced by the file's own in what the
+workers send back."""
 MAX_WORKERS = 4
 """Checking the events, in this process, takes about a third of the time reading them takes, so
 more workers would wait for it."""
@@ -100,34 +111,68 @@ def read_events(
     segment_bytes: int | None = None,
 ) -> Iterator[Event]:
     """``READERS[fmt].events(path, state)``, read by ``workers`` processes (default: one per core,
-    at most :data:`MAX_WORKERS`) when the file has ``min_bytes`` (default :data:`MIN_BYTES`)."""
+    at most :data:`MAX_WORKERS`) when the file has ``min_bytes`` (default :data:`MIN_BYTES`;
+    decompressed, for a ``.zst`` file)."""
     reader = READERS[fmt]
     if workers is None:
         workers = min(_cores(), MAX_WORKERS)
+    compressed = path.suffix == ".zst"
     if (
         workers < 2
         or not isinstance(reader, RangeReader)
-        or path.suffix == ".zst"
         or not path.is_file()
-        or path.stat().st_size < (MIN_BYTES if min_bytes is None else min_bytes)
+        or _size(path, compressed) < (MIN_BYTES if min_bytes is None else min_bytes)
         or not _forkable()
     ):
         return reader.events(path, state)
-    return _segmented(reader, path, state, workers, segment_bytes or SEGMENT_BYTES)
+    return _segmented(reader, path, state, workers, segment_bytes or SEGMENT_BYTES, compressed)
 
 
 def _segmented(
-    reader: RangeReader, path: Path, state: ReadState, workers: int, segment_bytes: int
+    reader: RangeReader,
+    path: Path,
+    state: ReadState,
+    workers: int,
+    segment_bytes: int,
+    compressed: bool = False,
 ) -> Iterator[Event]:
     # here: a small file's audit need not import them
-    import multiprocessing
+    import shutil
+    import tempfile
+
+    spool = None
+    segments: Iterator[tuple[Path, int, int | None]]
+    if compressed:
+        shm = Path("/dev/shm")
+        where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        spool = Path(tempfile.mkdtemp(prefix="ar-audit-", dir=where))
+        segments = _spooled(path, spool, segment_bytes, IN_FLIGHT * workers + 1)
+    else:
+        size = path.stat().st_size
+        segments = (
+            (path, start, start + segment_bytes if start + segment_bytes < size else None)
+            for start in range(0, size, segment_bytes)
+        )
+    try:
+        yield from _gathered(reader, path, state, workers, segments, spool is not None)
+    finally:
+        if spool is not None:
+            shutil.rmtree(spool, ignore_errors=True)
+
+
+def _gathered(
+    reader: RangeReader,
+    path: Path,
+    state: ReadState,
+    workers: int,
+    segments: Iterator[tuple[Path, int, int | None]],
+    spooled: bool,
+) -> Iterator[Event]:
+    """The events of ``segments`` (file, start, end), read by ``workers`` forked processes and
+    settled in order: those of ``path``, whose file name they carry."""
+    import multiprocessing  # here: a small file's audit need not import them
     from concurrent.futures import ProcessPoolExecutor
 
-    size = path.stat().st_size
-    segments = (
-        (start, start + segment_bytes if start + segment_bytes < size else None)
-        for start in range(0, size, segment_bytes)
-    )
     carry: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(reader.carry_type)
     settler = reader.settler()
     state.files.append(str(path))
@@ -140,16 +185,23 @@ def _segmented(
     pending: deque[Future[bytes]] = deque()
 
     def submit(count: int) -> None:
-        for start, end in itertools.islice(segments, count):
-            pending.append(pool.submit(_read, reader.name, path, start, end))
+        for file, start, end in itertools.islice(segments, count):
+            pending.append(pool.submit(_read, reader.name, file, start, end))
 
+    name = path.name
     try:
         submit(IN_FLIGHT * workers)
         while pending:
             part = _segment.decode(pending.popleft().result())
             submit(1)
-            for event in part.events:
-                event.line += lines
+            if spooled:
+                for event in part.events:
+                    event.line += lines
+                    event.source = name
+                _rename(part.state, name)
+            else:
+                for event in part.events:
+                    event.line += lines
             state.merge(part.state, lines)
             lines += part.state.lines
             yield from settler.settle_range(part.events, carry.decode(part.carry))
@@ -170,6 +222,75 @@ def _read(fmt: str, path: Path, start: int, end: int | None) -> bytes:
     return _encoder.encode(
         Segment(events=events, carry=msgspec.Raw(_encoder.encode(carry)), state=state)
     )
+
+
+def _size(path: Path, compressed: bool) -> int:
+    """The file's size; decompressed for a ``.zst`` file: as its frame header gives it, else
+    :data:`UNKNOWN_RATIO` times its size."""
+    size = path.stat().st_size
+    if not compressed:
+        return size
+    import zstandard
+
+    with path.open("rb") as fh:
+        header = fh.read(18)  # the longest frame header
+    try:
+        content = zstandard.frame_content_size(header)
+    except zstandard.ZstdError:  # not a zstd frame: reading it will say so
+        content = -1
+    return content if content >= 0 else size * UNKNOWN_RATIO
+
+
+def _spooled(
+    path: Path, spool: Path, segment_bytes: int, ring: int
+) -> Iterator[tuple[Path, int, None]]:
+    """The decompressed lines of ``path``, about ``segment_bytes`` of whole lines at a time, each
+    written to a file under ``spool`` as the workers ask for them. ``ring`` files are reused in
+    turn (the caller has at most ``ring - 1`` segments in flight): rewriting a file in place
+    reuses its pages, where a new file would fault in fresh ones."""
+    files = []
+    for n in range(ring):
+        (spool / str(n)).mkdir()
+        files.append(spool / str(n) / SPOOL)
+    turn = sent = 0
+    fd = os.open(files[turn], os.O_WRONLY | os.O_CREAT, 0o600)
+    written = 0
+    try:
+        with open_binary(path) as fh:
+            while chunk := fh.read(CHUNK_BYTES):
+                data = memoryview(chunk)
+                if written + len(data) >= segment_bytes:
+                    cut = chunk.rfind(b"\n") + 1
+                    if cut:
+                        written += _write(fd, data[:cut])
+                        os.ftruncate(fd, written)
+                        os.close(fd)
+                        yield files[turn], 0, None
+                        sent += 1
+                        turn = sent % ring
+                        fd = os.open(files[turn], os.O_WRONLY | os.O_CREAT, 0o600)
+                        written = 0
+                        data = data[cut:]
+                written += _write(fd, data)
+        os.ftruncate(fd, written)
+    finally:
+        os.close(fd)
+    if written or not sent:
+        yield files[turn], 0, None
+
+
+def _write(fd: int, data: memoryview) -> int:
+    """Write all of ``data``; its length."""
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:])
+    return done
+
+
+def _rename(part: ReadState, name: str) -> None:
+    """Give what a worker counted reading a spooled segment the name of the file it came from."""
+    part.corrupt_examples = [(name, line, why) for _, line, why in part.corrupt_examples]
+    part.truncated_last_line = [name for _ in part.truncated_last_line]
 
 
 def _cores() -> int:

@@ -7,12 +7,16 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+import zstandard
 
 from framework.audit import parallel
 from framework.audit.audit import resolve, run_audit
@@ -206,6 +210,66 @@ def test_claude_usage_repeated_in_another_segment_is_counted_once(tmp_path: Path
     assert [e.text for e in events if e.kind is EventKind.ASSISTANT] == ["a", "b", "c"]
 
 
+def spools() -> set[str]:
+    """The spool directories of compressed files being read (see ``parallel._spooled``)."""
+    places = [Path("/dev/shm"), Path(tempfile.gettempdir())]
+    return {str(p) for place in places if place.is_dir() for p in place.glob("ar-audit-*")}
+
+
+@FORKED
+@pytest.mark.parametrize("segment_bytes", [300, 100_000])
+@pytest.mark.parametrize(
+    ("fmt", "sources", "odd"), [("codex", CODEX, CODEX_ODD), ("claude", CLAUDE, CLAUDE_ODD)]
+)
+def test_compressed_file_read_in_spooled_segments_gives_what_one_go_gives(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    sources: list[Path],
+    odd: list[str],
+    segment_bytes: int,
+) -> None:
+    """A ``.jsonl.zst`` file is decompressed here and its segments spooled to the workers: the
+    events and counts (file names included) are those of reading it in one go, and no spool
+    file is left behind."""
+    path = tmp_path / f"{fmt}.jsonl.zst"
+    text = damaged(sources, odd) + '\n{"type":"cut off'
+    path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    spooled: list[int] = []
+    spool = parallel._spooled
+
+    def counted(*args: Any) -> Iterator[tuple[Path, int, None]]:
+        for segment in spool(*args):
+            spooled.append(segment[0].stat().st_size)
+            yield segment
+
+    monkeypatch.setattr(parallel, "_spooled", counted)
+    before = spools()
+    events, counts = read_in_segments(path, fmt, segment_bytes)
+    assert sum(spooled) == len(text.encode()) and len(spooled) > 1
+    assert (events, counts) == read_whole(path, fmt)
+    stats = json.loads(counts)
+    assert stats["corrupt_lines"] and stats["truncated_last_line"] == [path.name]
+    assert all(e[2] == path.name for e in events)
+    assert spools() == before
+
+
+@FORKED
+def test_a_failing_worker_on_a_compressed_file_leaves_no_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> tuple[list[Event], None]:
+        raise OSError("disk gone")
+
+    path = tmp_path / "rollout.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(damaged(CODEX, CODEX_ODD).encode()))
+    monkeypatch.setattr(type(READERS["codex"]), "read_range", broken)
+    before = spools()
+    with pytest.raises(OSError, match="disk gone"):
+        list(read_in_segments(path, "codex", 300)[0])
+    assert spools() == before
+
+
 def test_claude_subagents_follow_the_segmented_session() -> None:
     path = CLAUDE[2]
     events, counts = read_in_segments(path, "claude", 500)
@@ -213,7 +277,7 @@ def test_claude_subagents_follow_the_segmented_session() -> None:
     assert any(e[0] is EventKind.SUBAGENT_START for e in events)
 
 
-def test_small_compressed_and_single_core_reads_start_no_worker(
+def test_small_and_single_core_reads_start_no_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def no_workers(*args: object) -> None:
@@ -224,7 +288,7 @@ def test_small_compressed_and_single_core_reads_start_no_worker(
     gemini = FIXTURES / "gemini" / "session-2026-11-22T08-00-7c1e2d3f.jsonl"
     reads = [
         parallel.read_events(CODEX[0], "codex", ReadState(format=""), workers=2),  # small
-        parallel.read_events(zst, "codex", ReadState(format=""), workers=2, min_bytes=0),
+        parallel.read_events(zst, "codex", ReadState(format=""), workers=2),  # small, compressed
         parallel.read_events(CODEX[0], "codex", ReadState(format=""), workers=1, min_bytes=0),
         parallel.read_events(gemini, "gemini", ReadState(format=""), workers=2, min_bytes=0),
     ]
