@@ -301,42 +301,26 @@ class Rollout:
         for block, numbers, records in blocks:
             skipped = 0
             for number, rec in zip(numbers, records, strict=True):
-                # the three most common records first, by class: UI events, response items and
+                # by class, the most common records first: UI events, response items and
                 # bookkeeping records are most lines of a rollout
                 shape = type(rec)
                 if shape is event_msg:
                     item = rec.payload
-                    if item is not None and type(item) in ui:
+                    if item is None:
+                        continue
+                    if type(item) in ui:
                         skipped += 1
                         continue
+                    outer, kind = "event_msg", event_kinds[type(item)]
                 elif shape is response_item:
                     item = rec.payload
                     if item is None:
                         continue
-                    kind = item.type
-                    if kind not in checked:
-                        checked.add(kind)
-                        state.check_fields(f"codex:{kind}", block.line(number), ITEM_KEYS)
-                    yield from item_events(item, source, number, rec.timestamp, state)
-                    continue
+                    outer, kind = "response_item", item.type
                 elif shape in quiet:
                     skipped += 1
                     continue
-                outer = outers.get(shape)
-                if outer == "event_msg":
-                    item = rec.payload
-                    if item is None:
-                        continue
-                    kind = event_kinds[type(item)]
-                elif outer == "response_item":
-                    item = rec.payload
-                    if item is None:
-                        continue
-                    kind = item.type
-                elif outer == "quiet":
-                    skipped += 1
-                    continue
-                elif outer is None:  # an Item: a line the union did not take, read as before
+                elif shape is Item:  # a line the union did not take, read as before
                     outer = rec.type
                     if outer in ENVELOPE_TYPES:
                         item = rec.payload
@@ -353,8 +337,13 @@ class Rollout:
                     item = rec.payload
                     if item is None:
                         continue
-                    kind = outer
-                if outer == "event_msg":
+                    outer = kind = outers[shape]
+                if outer == "response_item":
+                    if kind not in checked:
+                        checked.add(kind)
+                        state.check_fields(f"codex:{kind}", block.line(number), ITEM_KEYS)
+                    yield from item_events(item, source, number, rec.timestamp, state)
+                elif outer == "event_msg":
                     if kind in UI_EVENTS:
                         skipped += 1
                     elif kind == "token_count":
@@ -385,11 +374,6 @@ class Rollout:
                         )
                     else:
                         state.unknown_type(f"codex:event_msg:{kind}")
-                elif outer == "response_item":
-                    if kind not in checked:
-                        checked.add(kind)
-                        state.check_fields(f"codex:{kind}", block.line(number), ITEM_KEYS)
-                    yield from item_events(item, source, number, rec.timestamp, state)
                 elif outer == "turn_context":
                     self.model = item.model or self.model
                 elif outer == "session_meta":
