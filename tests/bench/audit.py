@@ -158,6 +158,7 @@ def measure_one(path: str, profile: bool) -> None:
                 "findings": len(report.findings),
                 "peak_rss_mb": peak_kb / 1024,
                 "worker_peak_rss_mb": workers.ru_maxrss / 1024,
+                "worker_page_faults": workers.ru_minflt,
                 "profile": top,
             }
         )
@@ -255,6 +256,7 @@ def main() -> None:
         out.rmdir()
     profiles = {f"{r['format']} {r['size_mb']} MB": r.pop("profile") for r in results}
     print(json.dumps(results, indent=2))
+    print(f"\ninterpreter: {sys.executable} (Python {sys.version.split()[0]})")
     print(
         "\n| format | file | MB/s (wall) | MB/s (CPU time) | events/s (CPU time) | peak RSS (MB) "
         "| workers' CPU (s) | workers' peak RSS (MB) | lines | events | findings | load avg "
