@@ -188,7 +188,7 @@ def _materialize(workspace: Path, store: Path, tree: str) -> Path:
         ) as proc:
             assert proc.stdout is not None
             with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
-                archive.extractall(staging, filter="tar")
+                _extract(archive, staging)
         if proc.returncode != 0:
             raise SnapshotError(f"git archive {tree} failed with exit code {proc.returncode}")
         try:
@@ -200,6 +200,37 @@ def _materialize(workspace: Path, store: Path, tree: str) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def _extract(archive: tarfile.TarFile, into: Path) -> None:
+    """Extract ``archive`` (read as a stream) under ``into``, where nothing may land outside
+    ``into`` and no file keeps a setuid, setgid or sticky bit or group/other write permission:
+    the agent chose the archive's contents. That is tarfile's ``tar`` filter, which Python 3.11
+    has from 3.11.4 on; an older 3.11 (Debian 12 ships 3.11.2) gets :func:`_extract_checked`."""
+    if hasattr(tarfile, "tar_filter"):
+        archive.extractall(into, filter="tar")
+    else:
+        _extract_checked(archive, into)
+
+
+UNSAFE_MODE_BITS = 0o7022
+"""setuid, setgid, sticky, and group and other write: cleared from every extracted member."""
+
+
+def _extract_checked(archive: tarfile.TarFile, into: Path) -> None:
+    """The guarantees of tarfile's ``tar`` filter, checked member by member; stricter in that
+    only files, directories and symbolic links are extracted (``git archive`` writes nothing
+    else) and a member outside ``into`` fails the whole snapshot instead of being renamed."""
+    root = os.path.realpath(into)
+    for member in archive:
+        name = member.name
+        if not (member.isfile() or member.isdir() or member.issym()):
+            raise SnapshotError(f"snapshot archive: {name!r} is not a file, directory or link")
+        target = os.path.realpath(os.path.join(root, name))  # through links extracted before
+        if os.path.isabs(name) or os.path.commonpath([root, target]) != root:
+            raise SnapshotError(f"snapshot archive: {name!r} would be written outside {into}")
+        member.mode &= ~UNSAFE_MODE_BITS
+        archive.extract(member, into, set_attrs=not member.issym())
 
 
 def _ignored_entries(workspace: Path) -> list[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +19,12 @@ from framework.dispatch.jobsandbox import (
     wrap_in_sandbox,
     write_identity_files,
 )
-from framework.dispatch.snapshot import MAX_UNTRACKED_FILE_BYTES, SnapshotError, take_snapshot
+from framework.dispatch.snapshot import (
+    MAX_UNTRACKED_FILE_BYTES,
+    SnapshotError,
+    _extract_checked,
+    take_snapshot,
+)
 
 
 def git(workspace: Path, *args: str) -> str:
@@ -171,3 +180,79 @@ def test_only_the_top_of_its_own_repository_counts_as_a_git_workspace(
     (inner / ".git" / "hooks").mkdir(parents=True)
     assert not is_git_workspace(inner)
     assert not is_git_workspace(tmp_path)
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            archive.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    buffer.seek(0)
+    return buffer
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = "") -> Any:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    return info
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["tar-filter", "checked-by-hand"])
+def test_snapshot_extraction_of_a_git_archive_is_the_same_with_or_without_the_tar_filter(
+    workspace: Path, tmp_path: Path, checked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11 before 3.11.4 (Debian 12's) has no extraction filters: the snapshot is then
+    extracted member by member with the same guarantees, and holds the same files."""
+    if checked:
+        monkeypatch.delattr(tarfile, "tar_filter", raising=False)
+    (workspace / "pkg").mkdir()
+    (workspace / "pkg" / "run.sh").write_text("echo hi\n")
+    (workspace / "pkg" / "run.sh").chmod(0o775)
+    (workspace / "link").symlink_to("pkg/run.sh")
+    snap = take_snapshot(workspace, tmp_path / "store")
+    assert (snap.root / "pkg" / "run.sh").read_text() == "echo hi\n"
+    assert (snap.root / "pkg" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(snap.root / "link") == "pkg/run.sh"
+    assert (snap.root / "train.py").read_text() == "print('v1')\n"
+
+
+@pytest.mark.parametrize(
+    ("members", "why"),
+    [
+        ([(_member("/etc/evil"), b"x")], "outside"),
+        ([(_member("a/../../evil"), b"x")], "outside"),
+        (
+            [(_member("out", tarfile.SYMTYPE, link=".."), b""), (_member("out/evil"), b"x")],
+            "outside",
+        ),
+        ([(_member("hard", tarfile.LNKTYPE, link="a"), b"")], "not a file"),
+        ([(_member("dev", tarfile.CHRTYPE), b"")], "not a file"),
+        ([(_member("fifo", tarfile.FIFOTYPE), b"")], "not a file"),
+    ],
+    ids=["absolute", "dot-dot", "through-a-link", "hard-link", "device", "fifo"],
+)
+def test_hand_checked_extraction_refuses_what_would_escape_or_is_no_plain_file(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]], why: str
+) -> None:
+    into = tmp_path / "deep" / "into"
+    into.mkdir(parents=True)
+    with (
+        tarfile.open(fileobj=_tar(members), mode="r|") as archive,
+        pytest.raises(SnapshotError, match=why),
+    ):
+        _extract_checked(archive, into)
+    assert not (tmp_path / "deep" / "evil").exists()
+    assert not (tmp_path / "evil").exists()
+
+
+def test_hand_checked_extraction_clears_setuid_and_group_other_write_bits(tmp_path: Path) -> None:
+    members = [
+        (_member("d", tarfile.DIRTYPE, mode=0o1777), b""),
+        (_member("d/s", mode=0o6777), b"x"),
+    ]
+    with tarfile.open(fileobj=_tar(members), mode="r|") as archive:
+        _extract_checked(archive, tmp_path)
+    assert (tmp_path / "d").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "d" / "s").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "d" / "s").read_bytes() == b"x"

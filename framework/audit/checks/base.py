@@ -6,7 +6,7 @@ import fnmatch
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeAlias
 
@@ -102,8 +102,6 @@ class CheckContext:
     session_id: str | None = None
     rejections: RejectionSource | None = None
     """Where the session's refused ``remote-run`` requests are read (None: nowhere)."""
-    events_seen: int = 0
-    files_changed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.idle_gap_s = self.config.idle_gap_minutes * 60
