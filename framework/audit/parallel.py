@@ -20,23 +20,19 @@ everything where starting workers is not possible (one core, no ``fork``).
 
 from __future__ import annotations
 
+import functools
 import gc
-import itertools
 import os
 import sys
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from framework.audit.events import Event
 from framework.audit.readers import READERS
 from framework.audit.readers.base import CHUNK_BYTES, ReadState, line_start, open_binary
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 SEGMENT_BYTES = 8 << 20
 """Bytes of the file per segment: enough for the per-segment costs (a task, a message) not to
@@ -176,43 +172,28 @@ def _gathered(
 ) -> Iterator[Event]:
     """The events of ``segments`` (file, start, end), read by ``workers`` forked processes and
     settled in order: those of ``path``, whose file name they carry."""
-    import multiprocessing  # here: a small file's audit need not import them
-    from concurrent.futures import ProcessPoolExecutor
+    from framework.audit.workers import run_in_workers  # here: a small file's audit need not
 
     carry: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(reader.carry_type)
     settler = reader.settler()
     state.files.append(str(path))
     lines = 0
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_start_worker,
-    )
-    pending: deque[Future[bytes]] = deque()
-
-    def submit(count: int) -> None:
-        for file, start, end in itertools.islice(segments, count):
-            pending.append(pool.submit(_read, reader.name, file, start, end))
-
     name = path.name
-    try:
-        submit(IN_FLIGHT * workers)
-        while pending:
-            part = _segment.decode(pending.popleft().result())
-            submit(1)
-            if spooled:
-                for event in part.events:
-                    event.line += lines
-                    event.source = name
-                _rename(part.state, name)
-            else:
-                for event in part.events:
-                    event.line += lines
-            state.merge(part.state, lines)
-            lines += part.state.lines
-            yield from settler.settle_range(part.events, carry.decode(part.carry))
-    finally:
-        pool.shutdown(cancel_futures=True)
+    tasks = ((str(file), start, end) for file, start, end in segments)
+    work = functools.partial(_read, reader.name)
+    for answer in run_in_workers(work, tasks, workers, IN_FLIGHT, _start_worker):
+        part = _segment.decode(answer)
+        if spooled:
+            for event in part.events:
+                event.line += lines
+                event.source = name
+            _rename(part.state, name)
+        else:
+            for event in part.events:
+                event.line += lines
+        state.merge(part.state, lines)
+        lines += part.state.lines
+        yield from settler.settle_range(part.events, carry.decode(part.carry))
     yield from reader.companions(path, state)
 
 
@@ -242,12 +223,13 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, KEPT_BYTES)
 
 
-def _read(fmt: str, path: Path, start: int, end: int | None) -> bytes:
+def _read(fmt: str, path: str | Path, start: int, end: int | None) -> bytes:
     """In a worker: the segment of the lines starting from ``start`` up to ``end`` (any offsets:
     each segment begins at the first line that starts in it)."""
     reader = READERS[fmt]
     assert isinstance(reader, RangeReader)
     state = ReadState(format=fmt)
+    path = Path(path)
     first = line_start(path, start)
     stop = line_start(path, end) if end is not None else None
     events, carry = reader.read_range(path, state, first, stop)

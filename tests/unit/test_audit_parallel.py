@@ -10,7 +10,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from framework.audit.audit import resolve, run_audit
 from framework.audit.events import Event, EventKind
 from framework.audit.readers import READERS, ReadState
 from framework.audit.readers.base import iter_blocks, iter_lines, line_start
+from framework.audit.workers import WorkerDied
 from framework.config import Settings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "transcripts"
@@ -301,12 +301,60 @@ def test_a_failing_worker_fails_the_read(monkeypatch: pytest.MonkeyPatch) -> Non
         raise OSError("disk gone")
 
     monkeypatch.setattr(type(READERS["codex"]), "read_range", broken)  # forked workers inherit it
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(OSError, match="disk gone") as caught:
         list(
             parallel.read_events(
                 CODEX[0], "codex", ReadState(format="codex"), workers=2, min_bytes=0
             )
         )
+    where = "".join(getattr(caught.value, "__notes__", []))
+    assert "raised in an audit worker process" in where and "in broken" in where
+
+
+@FORKED
+def test_a_worker_exception_that_cannot_travel_arrives_as_its_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class LocalError(Exception):  # a local class: pickle cannot find it again
+        pass
+
+    def broken(*args: object) -> tuple[list[Event], None]:
+        raise LocalError("parser state lost")
+
+    monkeypatch.setattr(type(READERS["codex"]), "read_range", broken)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)audit worker failed.*LocalError: parser state lost"
+    ):
+        list(
+            parallel.read_events(
+                CODEX[0], "codex", ReadState(format="codex"), workers=2, min_bytes=0
+            )
+        )
+
+
+def _children() -> set[str]:
+    pid = os.getpid()
+    return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+@FORKED
+def test_stopping_early_or_finishing_leaves_no_worker_process(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(CODEX[0].read_bytes() * 40)
+    before = _children()
+    events = parallel.read_events(
+        big, "codex", ReadState(format="codex"), workers=2, min_bytes=0, segment_bytes=20_000
+    )
+    assert next(iter(events)).kind
+    assert len(_children() - before) == 2  # the workers, busy with the segments after the first
+    events.close()  # type: ignore[attr-defined]
+    assert _children() == before
+    assert list(
+        parallel.read_events(
+            big, "codex", ReadState(format="codex"), workers=2, min_bytes=0, segment_bytes=20_000
+        )
+    )
+    assert _children() == before
 
 
 @FORKED
@@ -318,7 +366,7 @@ def test_a_killed_worker_fails_the_read_instead_of_hanging(
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(type(READERS["codex"]), "read_range", killed)
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(WorkerDied, match=r"killed by SIGKILL \(out of memory\?\)"):
         list(
             parallel.read_events(
                 CODEX[0], "codex", ReadState(format="codex"), workers=2, min_bytes=0
