@@ -18,6 +18,7 @@ import contextlib
 import os
 import pickle
 import signal
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -71,14 +72,24 @@ class _Worker:
             raise WorkerDied(self._death()) from None
         self.given -= 1
         if answer[:1] == FAILED:
-            raise pickle.loads(answer[1:])
+            raise _unpickled(answer[1:])
         self.answers.append(memoryview(answer)[1:])
 
     def _death(self) -> str:
+        """How the worker ended, once it has (killed if it has not after a few seconds: its pipe
+        broke, so it can do nothing more)."""
+        status = 0
         try:
-            _, status = os.waitpid(self.pid, 0)
+            for _ in range(50):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+                _, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
-            status = 0
+            pass
         if os.WIFSIGNALED(status):
             name = signal.Signals(os.WTERMSIG(status)).name
             how = f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
@@ -114,6 +125,8 @@ def run_in_workers(
         def collect(timeout: float | None) -> None:
             """Receive the answers that are ready (waiting up to ``timeout``; None: for one)."""
             busy = [w.results for w in workers if w.given]
+            if not busy and timeout is None:  # never: a task not yielded is answered or given
+                raise RuntimeError("audit workers: waiting for an answer no worker owes")
             for ready in wait(busy, timeout) if busy else ():
                 by_results[ready].receive()  # type: ignore[index]
 
@@ -176,6 +189,15 @@ def _serve(work: Work, tasks: Connection, results: Connection) -> None:
             results.send_bytes(FAILED + _pickled(exc))
         else:
             results.send_bytes(OK + answer)
+
+
+def _unpickled(data: bytes) -> BaseException:
+    """The exception a worker sent (a RuntimeError when it cannot be rebuilt here)."""
+    try:
+        exc = pickle.loads(data)
+    except Exception as error:
+        return RuntimeError(f"an audit worker failed, and its error could not be read: {error}")
+    return exc if isinstance(exc, BaseException) else RuntimeError(f"an audit worker sent {exc!r}")
 
 
 def _pickled(exc: Exception) -> bytes:

@@ -332,6 +332,29 @@ def test_a_worker_exception_that_cannot_travel_arrives_as_its_text(
         )
 
 
+class TwoArgumentError(Exception):
+    """Pickles, but cannot be rebuilt from what it pickles (its one argument)."""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(f"{what} at {where}")
+
+
+@FORKED
+def test_a_worker_exception_that_cannot_be_rebuilt_fails_the_read_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> tuple[list[Event], None]:
+        raise TwoArgumentError("bad offset", "line 3")
+
+    monkeypatch.setattr(type(READERS["codex"]), "read_range", broken)
+    with pytest.raises(RuntimeError, match="its error could not be read"):
+        list(
+            parallel.read_events(
+                CODEX[0], "codex", ReadState(format="codex"), workers=2, min_bytes=0
+            )
+        )
+
+
 def _children() -> set[str]:
     pid = os.getpid()
     return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
