@@ -810,8 +810,8 @@ class Broker:
                             nodes.append(host)
                 self._mark_started(record, nodes, [], None)
         exits = self._exits(record)
-        if any(int(e.get("code", 0)) < 0 for e in exits):
-            return  # killed by a signal: sacct says why (cancel, time limit, node failure)
+        if any(_by_signal(int(e.get("code", 0))) for e in exits):
+            return  # sacct says why (cancel, time limit, node failure)
         if len(exits) == record.resources.world_size:
             if record.state is RunState.queued:
                 self._mark_started(record, [str(e.get("host")) for e in exits], [], None)
@@ -1175,3 +1175,12 @@ def serve_forever(
         pass
     finally:
         handle.stop()
+
+
+def _by_signal(code: int) -> bool:
+    """Whether a rank's exit code may be a death by a signal: negative (the runner's own child),
+    or above 128, as a sandbox wrapper reports its child's (bwrap exits with 128 + the signal's
+    number; a job on a node taken down dies of SIGTERM, and exit code 143 must not hide the node
+    failure that sacct reports a moment later). A program that exits with such a code itself is
+    recorded from sacct's next poll, a few seconds later, with the same exit code."""
+    return code < 0 or code > 128

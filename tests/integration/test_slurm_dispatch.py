@@ -190,13 +190,14 @@ def test_cancel_of_a_running_slurm_job_is_recorded(
     assert run["state"] == "cancelled", run
 
 
+@pytest.mark.parametrize("code", [7, 200])  # 200: above 128, taken as a signal until sacct says
 def test_failing_job_is_recorded_failed_with_its_exit_code(
-    slurm_broker: tuple[BrokerHandle, Path, Path],
+    slurm_broker: tuple[BrokerHandle, Path, Path], code: int
 ) -> None:
     handle, workspace, _ = slurm_broker
-    (run_id,) = submit(handle, workspace, ["python3", "exp.py"], env={"EXP_EXIT": "7"})
+    (run_id,) = submit(handle, workspace, ["python3", "exp.py"], env={"EXP_EXIT": str(code)})
     (run,) = wait(handle, run_id)
-    assert (run["state"], run["exit_code"]) == ("failed", 7)
+    assert (run["state"], run["exit_code"], run["reason"]) == ("failed", code, f"exit code {code}")
 
 
 def test_node_taken_down_mid_job_fails_the_run(
