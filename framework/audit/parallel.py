@@ -181,19 +181,23 @@ def _gathered(
     name = path.name
     tasks = ((str(file), start, end) for file, start, end in segments)
     work = functools.partial(_read, reader.name)
-    for answer in run_in_workers(work, tasks, workers, IN_FLIGHT, _start_worker):
-        part = _segment.decode(answer)
-        if spooled:
-            for event in part.events:
-                event.line += lines
-                event.source = name
-            _rename(part.state, name)
-        else:
-            for event in part.events:
-                event.line += lines
-        state.merge(part.state, lines)
-        lines += part.state.lines
-        yield from settler.settle_range(part.events, carry.decode(part.carry))
+    answers = run_in_workers(work, tasks, workers, IN_FLIGHT, _start_worker)
+    try:
+        for answer in answers:
+            part = _segment.decode(answer)
+            if spooled:
+                for event in part.events:
+                    event.line += lines
+                    event.source = name
+                _rename(part.state, name)
+            else:
+                for event in part.events:
+                    event.line += lines
+            state.merge(part.state, lines)
+            lines += part.state.lines
+            yield from settler.settle_range(part.events, carry.decode(part.carry))
+    finally:
+        answers.close()  # stopped early: the workers are stopped now, not when collected
     yield from reader.companions(path, state)
 
 

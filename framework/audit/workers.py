@@ -21,7 +21,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import TypeAlias
 
@@ -100,7 +100,7 @@ class _Worker:
 
 def run_in_workers(
     work: Work, tasks: Iterator[Task], count: int, in_flight: int, start: Callable[[], None]
-) -> Iterator[memoryview]:
+) -> Generator[memoryview, None, None]:
     """``work(*task)`` for each of ``tasks``, in their order, computed by ``count`` forked
     processes (each runs ``start`` first). At most ``in_flight`` tasks per process are given out
     and not yet yielded, each to the process with the fewest unanswered."""
