@@ -21,7 +21,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import TypeAlias
 
@@ -99,7 +99,7 @@ class _Worker:
 
 
 def run_in_workers(
-    work: Work, tasks: Iterator[Task], count: int, in_flight: int, start: Callable[[], None]
+    work: Work, tasks: Iterable[Task], count: int, in_flight: int, start: Callable[[], None]
 ) -> Generator[memoryview, None, None]:
     """``work(*task)`` for each of ``tasks``, in their order, computed by ``count`` forked
     processes (each runs ``start`` first). At most ``in_flight`` tasks per process are given out
@@ -111,11 +111,11 @@ def run_in_workers(
             workers.append(_fork(work, start, workers))
         by_results = {worker.results: worker for worker in workers}
         order: deque[_Worker] = deque()  # who was given each task not yet yielded
-        tasks = iter(tasks)
+        pending = iter(tasks)
 
         def hand_out() -> None:
             while len(order) < in_flight * count:
-                task = next(tasks, None)
+                task = next(pending, None)
                 if task is None:
                     return
                 worker = min(workers, key=lambda w: w.given)

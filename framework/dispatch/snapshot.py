@@ -220,7 +220,7 @@ UNSAFE_MODE_BITS = 0o7022
 def _extract_checked(archive: tarfile.TarFile, into: Path) -> None:
     """The guarantees of tarfile's ``tar`` filter, checked member by member; stricter in that
     only files, directories and symbolic links are extracted (``git archive`` writes nothing
-    else) and a member outside ``into`` fails the whole snapshot instead of being renamed."""
+    else) and an absolute name fails the snapshot instead of losing its leading slash."""
     root = os.path.realpath(into)
     for member in archive:
         name = member.name
