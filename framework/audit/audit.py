@@ -9,7 +9,7 @@ from pathlib import Path
 
 from framework.audit.checks import CHECKS, AuditConfig, CheckContext, Checker
 from framework.audit.events import Event, EventRecord
-from framework.audit.ledger import LedgerRun, RejectionSource, RunSource
+from framework.audit.ledger import DivergenceSource, LedgerRun, RejectionSource, RunSource
 from framework.audit.parallel import read_events
 from framework.audit.readers import (
     ReaderStats,
@@ -147,6 +147,7 @@ def run_audit(
         runs=ledger_runs,
         session_id=source.session_id,
         rejections=None if ledger_error else rejections,
+        divergences=runs if isinstance(runs, DivergenceSource) else None,
     )
     checker = Checker(ctx)
     summary = SummaryBuilder()

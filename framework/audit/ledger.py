@@ -70,6 +70,45 @@ class LedgerRejection(BaseModel):
         )
 
 
+class LedgerDivergence(BaseModel):
+    """An ``evaluation_diverged`` ledger event: the workspace's protected paths differed from the
+    session's pristine copy (at a submit, or at session end)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int
+    when: str = "?"
+    evaluation_sha256: str | None = None
+    current_sha256: str | None = None
+    changes: list[dict[str, str]] = Field(default_factory=list)
+    changes_total: int = 0
+
+    @classmethod
+    def from_event(cls, event: Any) -> LedgerDivergence:
+        payload = getattr(event, "payload", None) or {}
+        changes = payload.get("changes")
+        total = payload.get("changes_total")
+        return cls(
+            seq=int(event.seq),
+            when=str(payload.get("when") or "?"),
+            evaluation_sha256=str(payload.get("evaluation_sha256") or "") or None,
+            current_sha256=str(payload.get("current_sha256") or "") or None,
+            changes=[
+                {"path": str(c.get("path")), "change": str(c.get("change"))}
+                for c in (changes if isinstance(changes, list) else [])
+                if isinstance(c, dict)
+            ],
+            changes_total=total if type(total) is int else 0,
+        )
+
+
+@runtime_checkable
+class DivergenceSource(Protocol):
+    def diverged(self, session_id: str) -> list[LedgerDivergence]:
+        """The session's ``evaluation_diverged`` events, in ledger order."""
+        ...
+
+
 class RunSource(Protocol):
     def runs(self, session_id: str | None) -> Sequence[LedgerRun]: ...
 
@@ -98,6 +137,15 @@ class LedgerRuns:
         with open_ledger(self.url) as ledger:
             found = ledger.runs(session_id=session_id) if session_id else ledger.runs()
             return [LedgerRun.from_any(r) for r in found]
+
+    def diverged(self, session_id: str) -> list[LedgerDivergence]:
+        """``evaluation_diverged`` events of this session (one per distinct diverged state, so
+        few: read at once)."""
+        from framework.ledger import EventKind, open_ledger
+
+        with open_ledger(self.url) as ledger:
+            events = ledger.events(session_id=session_id, kind=EventKind.evaluation_diverged)
+            return [LedgerDivergence.from_event(e) for e in events]
 
     def rejected(self, session_id: str) -> Iterator[LedgerRejection]:
         """``request_rejected`` events of this session only, a page at a time (the ledger's

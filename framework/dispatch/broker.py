@@ -64,6 +64,15 @@ from framework.dispatch.snapshot import (
     is_git_workspace,
     take_snapshot,
 )
+from framework.evaluation import (
+    Evaluation,
+    EvaluationError,
+    capture,
+    divergence_payload,
+    scan,
+    session_evaluation,
+    store_of,
+)
 
 SOCKET_NAME = "broker.sock"
 CLIENT_NAME = "remote-run"
@@ -200,6 +209,14 @@ class _LedgerSink:
         ]
         self.ledger.append_many(events)
 
+    def diverged(self, payload: dict[str, Any]) -> None:
+        """The workspace's protected paths differ from the session's pristine copy."""
+        from framework.ledger import EventKind
+
+        self.ledger.append(
+            EventKind.evaluation_diverged, session_id=self.session_id, payload=payload
+        )
+
     def rejected(self, payload: dict[str, Any]) -> None:
         """A refused request; a ledger that cannot take it must not turn the refusal into a crash
         (the broker's ``rejected.jsonl`` still has it)."""
@@ -231,6 +248,9 @@ class Broker:
         self.settings = settings
         self.session_id = session_id
         self.paths = DispatchPaths(settings.state_dir)
+        self.evaluation = session_evaluation(store_of(settings.state_dir), session_id or "")
+        """The session's pristine protected paths, pinned at launch (None: no session)."""
+        self._diverged_seen: str | None = None
         for directory in (
             self.paths.records,
             self.paths.groups,
@@ -318,6 +338,7 @@ class Broker:
                 group = self._tokens[request.client_token]
                 return {"group": group, "runs": list(self._groups[group])}
         snapshot = self._snapshot()
+        evaluation = self._evaluation()
         plan = None
         if self.job_sandbox == "required":
             plan = sandbox_plan(
@@ -328,6 +349,7 @@ class Broker:
                 request.resources.world_size,
                 self.paths.sandbox_etc,
                 request.resources,
+                evaluation,
             )
         with self._lock:
             if request.client_token and request.client_token in self._tokens:
@@ -356,6 +378,7 @@ class Broker:
                     snapshot_tree=snapshot.tree if snapshot else None,
                     sandbox=plan["runtime"] if plan else None,
                     sandbox_image=plan.get("image") if plan else None,
+                    evaluation_sha256=evaluation.sha256,
                 )
                 records.append(record)
             submission = self._submission(group, records, snapshot, plan)
@@ -568,6 +591,35 @@ class Broker:
 
         self.local.submit(record.run_id, Path(record.run_dir), record.resources.gpus, prepare)
 
+    def _evaluation(self) -> Evaluation:
+        """The protected paths a job submitted now runs with. Sandboxed in a session: the pristine
+        copy pinned at launch, after recording any divergence of the workspace from it. Without a
+        session (the host user's own broker), or unsandboxed (the job reads the live files): the
+        protected paths as they are now, hashed and copied the same way."""
+        try:
+            if self.evaluation is not None:
+                self._record_divergence()
+                if self.job_sandbox == "required":
+                    return self.evaluation
+            protected = self.settings.research.protected_paths
+            return capture(self.workspace, protected, store_of(self.paths.state_dir))
+        except EvaluationError as exc:
+            raise RequestError("workspace", str(exc)) from None
+        except OSError as exc:
+            raise BrokerError(f"cannot read the protected paths of the workspace: {exc}") from None
+
+    def _record_divergence(self) -> None:
+        """An ``evaluation_diverged`` ledger event when the workspace's protected paths differ
+        from the pristine copy, once per distinct state (not at every submit)."""
+        assert self.evaluation is not None
+        current = scan(self.workspace, self.evaluation.protected)
+        payload = divergence_payload(self.evaluation, current, "submit")
+        with self._lock:
+            if payload is None or payload["current_sha256"] == self._diverged_seen:
+                return
+            self._diverged_seen = payload["current_sha256"]
+        self.ledger.diverged(payload)
+
     def _snapshot(self) -> Snapshot | None:
         """The workspace state the job will run from (None: not a git repository)."""
         if not is_git_workspace(self.workspace):
@@ -624,6 +676,7 @@ class Broker:
                 else None,
                 "sandbox": record.sandbox,
                 "sandbox_image": record.sandbox_image,
+                "evaluation_sha256": record.evaluation_sha256,
             },
         }
 

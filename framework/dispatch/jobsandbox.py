@@ -22,15 +22,19 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
+
+from framework import safefs
 
 if TYPE_CHECKING:
     from framework.config import Settings
     from framework.dispatch.models import Resources
     from framework.dispatch.snapshot import Snapshot
-    from framework.sandbox.spec import SandboxSpec
+    from framework.evaluation import Evaluation
+    from framework.sandbox.spec import BindMount, SandboxSpec
 
 JobSandboxMode = Literal["required", "off"]
 # The default (settings.cluster.job_sandbox = "required") treats the agent as untrusted: its jobs
@@ -95,10 +99,13 @@ def sandbox_plan(
     world_size: int,
     etc_dir: Path,
     resources: Resources | None = None,
+    evaluation: Evaluation | None = None,
 ) -> dict[str, Any]:
     """The part of the job's sandbox the broker decides; stored in ``task.json`` as ``sandbox``.
     ``resources``: what the request asked for, which a Docker job's container is limited to (the
-    Docker daemon is not inside the job's Slurm cgroup, so Slurm's limits do not reach it)."""
+    Docker daemon is not inside the job's Slurm cgroup, so Slurm's limits do not reach it).
+    ``evaluation``: the pristine copy of the protected paths, which the job sees at those paths
+    instead of the workspace's (see :func:`_evaluation_mounts`)."""
     from framework.sandbox.bwrap import BwrapRuntime
     from framework.sandbox.spec import BindMount, SandboxSpec
 
@@ -107,10 +114,15 @@ def sandbox_plan(
     source = snapshot.root if snapshot is not None else workspace
     mounts = [BindMount(source=source, target=workspace, read_only=True)]
     checked = [str(workspace)]
+    protected = evaluation.protected if evaluation is not None else ()
     for relative in snapshot.ignored if snapshot is not None else []:
+        if any(relative == p or relative.startswith(p + "/") for p in protected):
+            continue  # the pristine copy is mounted there instead
         live = workspace / relative
         mounts.append(BindMount(source=live, target=live, read_only=True))
         checked.append(str(live))
+    if evaluation is not None:
+        mounts += _evaluation_mounts(evaluation, workspace, snapshot)
     for mount in settings.sandbox.mounts:
         target = mount.target or mount.source
         mounts.append(BindMount(source=mount.source, target=target, read_only=mount.read_only))
@@ -153,6 +165,65 @@ def sandbox_plan(
             "path": SANDBOX_PATH,
         }
     return {**plan, "template": BwrapRuntime().argv(spec, None, etc_dir)}
+
+
+def _evaluation_mounts(
+    evaluation: Evaluation, workspace: Path, snapshot: Snapshot | None
+) -> list[BindMount]:
+    """The pristine copy of each protected path, read-only over the job's view of the workspace,
+    and an empty read-only placeholder over one that was absent at launch but exists now: what
+    the agent wrote there is never the job's judge.
+
+    A mount needs its mount point: in the snapshot (the host's own copy) it is created when
+    missing; in the live workspace (no snapshot, or under a git-ignored directory) it must exist,
+    as nothing is created there. A snapshot holds no ``.git``, so a job sees none of it."""
+    from framework.sandbox.spec import BindMount
+
+    mounts: list[BindMount] = []
+    ignored = snapshot.ignored if snapshot is not None else []
+    for name in evaluation.protected:
+        if snapshot is not None and (name == ".git" or name.startswith(".git/")):
+            continue
+        live = snapshot is None or any(name.startswith(i + "/") for i in ignored)
+        base = workspace if live or snapshot is None else snapshot.root
+        try:
+            there = safefs.stat_beneath(base, name)
+        except (safefs.UnsafePath, NotADirectoryError):
+            _refuse_protected(name, "is reached through a symbolic link or a file")
+        if there is not None and not (stat.S_ISDIR(there.st_mode) or stat.S_ISREG(there.st_mode)):
+            _refuse_protected(name, "is a symbolic link or a special file")
+        entry = evaluation.entries[name]
+        if entry.kind == "absent":
+            if there is None:
+                continue
+            source = evaluation.placeholder(directory=stat.S_ISDIR(there.st_mode))
+        else:
+            source = evaluation.source(name)
+            if there is None and (live or snapshot is None):
+                _refuse_protected(name, "is missing, but the session's evaluation has it")
+            elif there is None and snapshot is not None:
+                _mount_point(snapshot.root, name, directory=entry.kind == "dir")
+            elif there is not None and stat.S_ISDIR(there.st_mode) != (entry.kind == "dir"):
+                _refuse_protected(name, f"is no longer a {entry.kind}")
+        mounts.append(BindMount(source=source, target=workspace / name, read_only=True))
+    return mounts
+
+
+def _refuse_protected(name: str, why: str) -> NoReturn:
+    raise JobSandboxError(
+        f"protected path {name!r} of the workspace {why}, so the job cannot be given the "
+        "session's pristine copy of the evaluation there. Restore it (the copy is under "
+        "<state dir>/evaluation/) and submit again"
+    )
+
+
+def _mount_point(root: Path, name: str, directory: bool) -> None:
+    """An empty directory or file at ``name`` in the snapshot copy (host-owned), created without
+    following a link the copy may hold."""
+    if directory:
+        with safefs.open_dir(root, name, create=True):
+            return
+    safefs.write_new(root, name, b"", create_dirs=True)
 
 
 def docker_template(spec: SandboxSpec, resources: Resources | None = None) -> list[str]:

@@ -303,6 +303,9 @@ class RunRecord(BaseModel):
     )
     sandbox: str | None = Field(default=None, description="runtime the job runs in, None: none")
     sandbox_image: str | None = Field(default=None, description="its image (docker), else None")
+    evaluation_sha256: str | None = Field(
+        default=None, description="the protected paths the job ran with (framework/evaluation.py)"
+    )
     state: RunState = RunState.queued
     submitted_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -28,6 +28,9 @@ class EventKind(StrEnum):
     audit_done = "audit_done"
     request_rejected = "request_rejected"
     """A ``remote-run`` request the broker refused (nothing ran); not a run event."""
+    evaluation_diverged = "evaluation_diverged"
+    """The workspace's protected paths differ from the session's pristine copy (at a submit or at
+    session end; see framework/evaluation.py); not a run event."""
 
 
 RUN_EVENT_KINDS = frozenset(

@@ -21,6 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from framework.agents import AgentInvocation, AgentProfile, credential_names, get_agent
 from framework.config import AgentTool, Mount, NetworkPolicy, RuntimeName, Settings, load_settings
+from framework.evaluation import (
+    Evaluation,
+    EvaluationError,
+    capture,
+    divergence_payload,
+    pin_session,
+    protected_names,
+    scan,
+    store_of,
+)
 from framework.sandbox.proxy import EgressProxy
 from framework.sandbox.runtime import SandboxError, Stdio, get_runtime
 from framework.sandbox.spec import (
@@ -103,6 +113,7 @@ class _Session:
     broker: Any = None
     ledger: Ledger | None = None
     notes: list[str] = field(default_factory=list)
+    evaluation: Evaluation | None = None
 
     def stop_services(self) -> None:
         if self.proxy is not None:
@@ -199,6 +210,8 @@ def launch(
             *workspace_mounts(workspace),
             BindMount(source=home, target=SANDBOX_HOME, read_only=False),
         ]
+        session.evaluation = pin_evaluation(workspace, record.id)
+        record.evaluation_sha256 = session.evaluation.sha256
         mounts += [_user_mount(m) for m in [*settings.sandbox.mounts, *request.mounts]]
         env = allowlisted_env(
             os.environ,
@@ -255,6 +268,7 @@ def launch(
     finally:
         session.stop_services()
         if started:
+            _check_evaluation(session, record.id, root)
             _finish(record, store, root, home, profile, session.notes, transcripts_before)
             _record_event(session, "session_ended", record)
         session.close_ledger()
@@ -329,20 +343,63 @@ def _put_client_on_login_path(home: Path) -> None:
 
 
 def workspace_mounts(workspace: Workspace) -> list[BindMount]:
-    """The workspace read-write at its host path, and each protected path read-only over it."""
+    """The workspace read-write at its host path, each protected path that exists read-only over
+    it, and each directory between the root and a protected path bound onto itself: a mount point
+    cannot be renamed or removed (EBUSY), so no protected path can be moved away with an ancestor
+    (``mv tests tests.orig``, ``mv .git .git.orig``) and replaced. A protected path absent at launch
+    is not mounted, so nothing is created in the user's workspace (Docker would create the mount
+    point, as root): jobs see it absent all the same, and creating it is reported as a divergence
+    of the evaluation (framework/evaluation.py, docs/security.md, property 3)."""
     root = workspace.root
     mounts = [BindMount(source=root, target=root, read_only=False)]
-    for relative, path in zip(
-        workspace.settings.research.protected_paths, workspace.protected(), strict=True
-    ):
+    pinned: set[Path] = set()
+    for name in protected_names(workspace.settings.research.protected_paths):
+        path = root / name
         _refuse_symlinks(root, path)
         if not path.exists():
-            if not relative.endswith("/"):
-                continue
-            # Creating the empty directory protects it from being created by the agent too.
-            path.mkdir(parents=True, exist_ok=True)
+            continue
+        for ancestor in reversed(Path(name).parents[:-1]):
+            if ancestor not in pinned:
+                pinned.add(ancestor)
+                mounts.append(
+                    BindMount(source=root / ancestor, target=root / ancestor, read_only=False)
+                )
         mounts.append(BindMount(source=path, target=path, read_only=True))
     return mounts
+
+
+def pin_evaluation(workspace: Workspace, session_id: str) -> Evaluation:
+    """Hash the protected paths and keep their pristine copy in the state dir, named for the
+    session: its broker mounts that copy into every job (framework/evaluation.py)."""
+    store = store_of(workspace.state_dir)
+    try:
+        evaluation = capture(workspace.root, workspace.settings.research.protected_paths, store)
+    except EvaluationError as exc:
+        raise SandboxError(str(exc)) from None
+    pin_session(store, session_id, evaluation)
+    return evaluation
+
+
+def _check_evaluation(session: _Session, session_id: str, root: Path) -> None:
+    """At session end: any divergence of the protected paths from the pristine copy goes into the
+    session's notes and, as ``evaluation_diverged``, into the ledger (the audit reports it)."""
+    if session.evaluation is None:
+        return
+    try:
+        current = scan(root, session.evaluation.protected)
+    except OSError as exc:
+        session.notes.append(f"evaluation not checked at session end: {exc}")
+        return
+    payload = divergence_payload(session.evaluation, current, "session_end")
+    if payload is None:
+        return
+    first = payload["changes"][0]
+    session.notes.append(
+        f"evaluation diverged from its pristine copy: {payload['changes_total']} change(s), "
+        f"first {first['path']!r} {first['change']}"
+    )
+    if session.ledger is not None:
+        session.ledger.append("evaluation_diverged", session_id=session_id, payload=payload)
 
 
 def _refuse_symlinks(root: Path, path: Path) -> None:

@@ -38,6 +38,9 @@ class SessionRecord(BaseModel):
     git_commit_before: str | None = None
     git_commit_after: str | None = None
     git_dirty_after: bool | None = None
+    evaluation_sha256: str | None = Field(
+        default=None, description="the protected paths at launch (framework/evaluation.py)"
+    )
     headless: bool = False
     detached: bool = False
     container_id: str | None = None

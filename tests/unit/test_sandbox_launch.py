@@ -147,15 +147,20 @@ def _workspace(tmp_path: Path) -> Workspace:
     return Workspace(root=root, settings=settings)
 
 
-def test_workspace_mounts_protect_even_missing_directories(tmp_path: Path) -> None:
+def test_workspace_mounts_pin_every_ancestor_and_create_nothing(tmp_path: Path) -> None:
     ws = _workspace(tmp_path)
+    (ws.root / "tests" / "data").mkdir(parents=True)
+    ws.settings.research.protected_paths = [*ws.settings.research.protected_paths, "tests/data/"]
     mounts = workspace_mounts(ws)
     assert mounts[0].target == ws.root and not mounts[0].read_only
-    protected = {m.target.relative_to(ws.root).as_posix() for m in mounts[1:]}
-    assert protected == {"eval", ".git/hooks", ".git/config"}
-    assert all(m.read_only for m in mounts[1:])
-    assert (ws.root / "eval").is_dir(), "created empty so the agent cannot create it"
-    assert not (ws.root / "data.csv").exists(), "missing files are not invented"
+    by_target = {m.target.relative_to(ws.root).as_posix(): m for m in mounts[1:]}
+    assert set(by_target) == {".git", ".git/hooks", ".git/config", "tests", "tests/data"}
+    for ancestor in (".git", "tests"):  # a mount point cannot be renamed away (EBUSY)
+        mount = by_target[ancestor]
+        assert mount.source == mount.target and not mount.read_only
+    assert all(by_target[p].read_only for p in (".git/hooks", ".git/config", "tests/data"))
+    assert not (ws.root / "eval").exists(), "an absent protected path is not created"
+    assert not (ws.root / "data.csv").exists()
 
 
 def test_workspace_mounts_refuse_a_protected_path_that_is_a_symlink(tmp_path: Path) -> None:

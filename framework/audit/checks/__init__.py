@@ -13,6 +13,7 @@ from framework.audit.checks.base import (
     Severity,
     program_name,
 )
+from framework.audit.checks.evaluation import EvaluationDiverged
 from framework.audit.checks.network import NetworkEgress, NetworkWhenOffline
 from framework.audit.checks.rejected import RejectedRequest
 from framework.audit.checks.report import report_findings
@@ -46,6 +47,7 @@ STREAMING = (
     IdleGap,
     FailingCommandLoop,
     RejectedRequest,
+    EvaluationDiverged,
 )
 REPORT_CHECKS = {
     "report-number-unmatched": (Severity.WARNING, "number in report.tex produced by no ledger run"),
