@@ -117,9 +117,11 @@ SANDBOX_ENV = {
     "GIT_PAGER": "cat",
     "GIT_NO_REPLACE_OBJECTS": "1",
     "GIT_OPTIONAL_LOCKS": "0",
+    "GIT_EXEC_PATH": "/hostgit-exec",
 }
 """The whole environment git sees, plus the ``GIT_DIR``-style variables of the call."""
 
+_CHILD_EXEC_DIR = SANDBOX_ENV["GIT_EXEC_PATH"]
 _ROOT_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d")
 
@@ -150,11 +152,15 @@ class GitRun:
 
 
 def missing_requirement() -> str | None:
-    """Why host git cannot run here (for ``doctor``), or None when it can."""
-    try:
-        _binaries()
-    except HostGitError as exc:
-        return str(exc)
+    """Why host git cannot run confined here (for ``doctor``), or None when it can: a confined
+    ``git version`` is tried on an empty directory."""
+    with tempfile.TemporaryDirectory(prefix=".hostgit-probe-") as empty:
+        try:
+            probe = run(Path(empty), "version", timeout=60, limit=4096)
+        except (HostGitError, OSError) as exc:
+            return str(exc)
+    if probe.returncode != 0:
+        return f"git in a bubblewrap sandbox failed: {probe.stderr.strip() or probe.returncode}"
     return None
 
 
@@ -197,6 +203,11 @@ def sandbox_argv(
         elif host.is_dir():
             args += ["--ro-bind", str(host), f"/{name}"]
     args += ["--dev", "/dev", "--dir", "/etc"]
+    # Git starts a child git for some work on nested repositories (``git add`` runs ``git
+    # status`` inside each gitlink), and that child would read the nested repository's own,
+    # agent-written, config. Every child git is ``true`` instead: it reads nothing and reports
+    # nothing (the gitlink's commit, which git reads itself, is what a snapshot records).
+    args += ["--dir", _CHILD_EXEC_DIR, "--symlink", "/usr/bin/true", f"{_CHILD_EXEC_DIR}/git"]
     for entry in _ETC_ENTRIES:
         args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
     args += ["--ro-bind", str(repo), str(repo)]
