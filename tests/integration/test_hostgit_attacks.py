@@ -46,6 +46,7 @@ def plant(ws: str, markers: str) -> None:
     direct tests and inside the sandbox, as the agent, in the launch tests)."""
     import os
     import subprocess
+    import textwrap
 
     def write(rel: str, text: str, mode: int = 0o644) -> None:
         path = os.path.join(ws, rel)
@@ -145,7 +146,18 @@ def forge_index(ws: str) -> None:
 
 def _git(ws: Path, *args: str) -> str:
     return subprocess.run(
-        ["git", "-C", str(ws), "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        [
+            "git",
+            "-C",
+            str(ws),
+            "-c",
+            "safe.directory=*",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            *args,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -315,8 +327,8 @@ def _session(tmp_path: Path, ws: Path, runtime: str, steps: str, *functions: obj
     assert lines, out + (session_dir / "stderr.txt").read_text()
     url = f"sqlite:///{tmp_path / 'state' / 'ledger.sqlite'}"
     with open_ledger(url) as ledger:
-        (submitted,) = ledger.events(kind=EventKind.run_submitted)
-        run = ledger.run(str(submitted.run_id))
+        submitted = ledger.events(kind=EventKind.run_submitted)
+        run = ledger.run(str(submitted[0].run_id)) if submitted else None
     return record, json.loads(lines[-1]), run, url, settings
 
 
@@ -348,7 +360,7 @@ def test_no_planted_git_setting_runs_on_the_host_at_launch_submit_session_end_or
     findings = [f for f in Checker(ctx).finish() if f.check == "git-indirection-planted"]
 
     assert sorted(p.name for p in markers.iterdir()) == []
-    assert seen["job"][0] == 0, seen
+    assert seen["job"][0] == 0 and run is not None, seen
     assert Path(str(run.run_dir), "stdout.log").read_text() == "edited exp.py\n"
     assert record.git_commit_after is not None and record.git_dirty_after
     with open_ledger(url) as ledger:
@@ -365,7 +377,7 @@ def test_jobs_run_the_files_not_what_a_forged_index_says(
 ) -> None:
     _committed(workspace, runtime)
     record, seen, run, _, _ = _session(tmp_path, workspace, runtime, "forge_index(ws)", forge_index)
-    assert seen["job"][0] == 0, seen
+    assert seen["job"][0] == 0 and run is not None, seen
     assert Path(str(run.run_dir), "stdout.log").read_text() == "honest exp.py\n"
     diff = Path(str(run.run_dir), "snapshot.diff").read_bytes()
     assert b"honest exp.py" in diff and b"forged" not in diff
