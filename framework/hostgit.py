@@ -121,6 +121,9 @@ SANDBOX_ENV = {
 }
 """The whole environment git sees, plus the ``GIT_DIR``-style variables of the call."""
 
+_BWRAP_SEARCH_PATH = os.environ.get("PATH") or "/usr/bin:/bin"
+"""Where bubblewrap is looked for: the PATH this process started with (a later change of the
+process's PATH, such as the one a job runner gets, does not move the host's own git)."""
 _CHILD_EXEC_DIR = SANDBOX_ENV["GIT_EXEC_PATH"]
 _ROOT_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d")
@@ -165,7 +168,7 @@ def missing_requirement() -> str | None:
 
 
 def _binaries() -> tuple[str, str]:
-    bwrap = which("bwrap")
+    bwrap = which("bwrap", path=_BWRAP_SEARCH_PATH)
     if bwrap is None:
         raise HostGitError(
             "bubblewrap (bwrap) is not installed, and the host runs git on the agent's repository "
