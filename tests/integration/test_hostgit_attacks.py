@@ -382,3 +382,4 @@ def test_jobs_run_the_files_not_what_a_forged_index_says(
     diff = Path(str(run.run_dir), "snapshot.diff").read_bytes()
     assert b"honest exp.py" in diff and b"forged" not in diff
     assert record.git_dirty_after
+    assert not any("your own git commands" in note for note in record.notes), record.notes
