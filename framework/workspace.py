@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from framework import hostgit, safefs
 from framework.config import WORKSPACE_DIR_NAME, Settings
 
 
@@ -37,45 +37,54 @@ class GitState:
 def git_state(root: Path) -> GitState:
     """Commit, whether anything is uncommitted, and a hash of what is: the diff of tracked files
     and the untracked files that are not ignored (a new script the agent never committed is
-    uncommitted work too), by path and content. No shell is invoked."""
-    if not (root / ".git").exists():
+    uncommitted work too), by path and content.
+
+    Read through :func:`framework.hostgit.content_view`: in a sandbox, with none of the agent's git
+    configuration, from the files' contents and not from the agent's ``.git/index`` (whose stat
+    cache and assume-unchanged bits could hide an edit). Raises
+    :class:`~framework.hostgit.HostGitError` when git cannot run confined (bubblewrap missing)."""
+    if safefs.stat_beneath(root, ".git") is None:
         return GitState(commit=None, dirty=False, diff_sha256=None)
-
-    # The repository may belong to another user (a Docker session's container uid): name it safe
-    # for these reads, and keep fsmonitor off so that reading runs nothing the repo configures.
-    trust = ("-c", f"safe.directory={root}", "-c", "core.fsmonitor=false")
-
-    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            ["git", *trust, "-C", str(root), *args], capture_output=True, check=False
-        )
-
-    head = git("rev-parse", "--verify", "-q", "HEAD")
-    commit = head.stdout.decode().strip() or None
-    diff = git("diff", "HEAD", "--binary") if commit else git("diff", "--binary")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    untracked = sorted(
-        p for p in git("ls-files", "-z", "--others", "--exclude-standard").stdout.split(b"\0") if p
-    )
-    dirty = bool(status.stdout.strip()) or bool(untracked)
-    if not dirty:
-        return GitState(commit=commit, dirty=False, diff_sha256=None)
-    digest = hashlib.sha256(diff.stdout)
+    digest = hashlib.sha256()
+    try:
+        with hostgit.content_view(root) as view:
+            # The view's index is HEAD's tree without stat data: the diff compares contents. It
+            # is hashed as it streams, so no size bound is needed (the timeout still holds).
+            with view.stream(
+                "diff", "--binary", "--no-ext-diff", "--no-textconv", limit=1 << 40
+            ) as diff:
+                while chunk := diff.read(1 << 16):
+                    digest.update(chunk)
+            changed = diff.size > 0
+            listing = view.run("ls-files", "-z", "--others", "--exclude-standard").checked(
+                "git ls-files"
+            )
+    except hostgit.UnreadableHead as exc:
+        # HEAD names a commit whose objects are not in .git/objects (moved behind a planted
+        # indirection): something is uncommitted, with nothing to hash it by.
+        return GitState(commit=exc.commit, dirty=True, diff_sha256=None)
+    untracked = sorted(p for p in listing.split(b"\0") if p)
+    if not changed and not untracked:
+        return GitState(commit=view.commit, dirty=False, diff_sha256=None)
     for path in untracked:
-        digest.update(b"\0untracked\0" + path + b"\0" + _content_id(root / os.fsdecode(path)))
-    return GitState(commit=commit, dirty=True, diff_sha256=digest.hexdigest())
+        digest.update(b"\0untracked\0" + path + b"\0" + _content_id(root, os.fsdecode(path)))
+    return GitState(commit=view.commit, dirty=True, diff_sha256=digest.hexdigest())
 
 
 HASHED_UNTRACKED_BYTES = 64 << 20
 """Untracked files up to this size are identified by content; larger ones by size and mtime."""
 
 
-def _content_id(path: Path) -> bytes:
+def _content_id(root: Path, relative: str) -> bytes:
+    """Content hash of an untracked file, reached without following any link (a link is identified
+    by its own mode, size and time, like a file over the size limit)."""
     try:
-        info = path.lstat()
+        info = safefs.stat_beneath(root, relative)
+        if info is None:
+            return b"gone"
         if not stat.S_ISREG(info.st_mode) or info.st_size > HASHED_UNTRACKED_BYTES:
             return f"{info.st_mode:o} {info.st_size} {info.st_mtime_ns}".encode()
-        with path.open("rb") as fh:
+        with os.fdopen(safefs.open_file(root, relative), "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest().encode()
     except OSError as exc:
         return f"unreadable: {exc.strerror}".encode()

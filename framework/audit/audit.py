@@ -9,7 +9,13 @@ from pathlib import Path
 
 from framework.audit.checks import CHECKS, AuditConfig, CheckContext, Checker
 from framework.audit.events import Event, EventRecord
-from framework.audit.ledger import DivergenceSource, LedgerRun, RejectionSource, RunSource
+from framework.audit.ledger import (
+    DivergenceSource,
+    GitPlantSource,
+    LedgerRun,
+    RejectionSource,
+    RunSource,
+)
 from framework.audit.parallel import read_events
 from framework.audit.readers import (
     ReaderStats,
@@ -148,6 +154,7 @@ def run_audit(
         session_id=source.session_id,
         rejections=None if ledger_error else rejections,
         divergences=runs if isinstance(runs, DivergenceSource) else None,
+        git_plants=runs if isinstance(runs, GitPlantSource) else None,
     )
     checker = Checker(ctx)
     summary = SummaryBuilder()

@@ -102,6 +102,39 @@ class LedgerDivergence(BaseModel):
         )
 
 
+class LedgerGitPlant(BaseModel):
+    """A ``git_indirection_planted`` ledger event: at session end the repository held things the
+    user's own git would follow to another config or a program."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seq: int
+    entries: list[dict[str, str]] = Field(default_factory=list)
+    total: int = 0
+
+    @classmethod
+    def from_event(cls, event: Any) -> LedgerGitPlant:
+        payload = getattr(event, "payload", None) or {}
+        entries = payload.get("entries")
+        total = payload.get("total")
+        return cls(
+            seq=int(event.seq),
+            entries=[
+                {"path": str(e.get("path")), "why": str(e.get("why"))}
+                for e in (entries if isinstance(entries, list) else [])
+                if isinstance(e, dict)
+            ],
+            total=total if type(total) is int else 0,
+        )
+
+
+@runtime_checkable
+class GitPlantSource(Protocol):
+    def git_planted(self, session_id: str) -> list[LedgerGitPlant]:
+        """The session's ``git_indirection_planted`` events, in ledger order."""
+        ...
+
+
 @runtime_checkable
 class DivergenceSource(Protocol):
     def diverged(self, session_id: str) -> list[LedgerDivergence]:
@@ -146,6 +179,14 @@ class LedgerRuns:
         with open_ledger(self.url) as ledger:
             events = ledger.events(session_id=session_id, kind=EventKind.evaluation_diverged)
             return [LedgerDivergence.from_event(e) for e in events]
+
+    def git_planted(self, session_id: str) -> list[LedgerGitPlant]:
+        """``git_indirection_planted`` events of this session (at most one per session end)."""
+        from framework.ledger import EventKind, open_ledger
+
+        with open_ledger(self.url) as ledger:
+            events = ledger.events(session_id=session_id, kind=EventKind.git_indirection_planted)
+            return [LedgerGitPlant.from_event(e) for e in events]
 
     def rejected(self, session_id: str) -> Iterator[LedgerRejection]:
         """``request_rejected`` events of this session only, a page at a time (the ledger's

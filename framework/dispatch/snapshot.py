@@ -5,8 +5,9 @@ editing the workspace meanwhile. So at submit time the broker records what the j
 
 - ``commit``: HEAD of the workspace (None before the first commit);
 - ``tree``: a git tree of the working tree as it is (tracked files with their edits, plus
-  untracked files that are not ignored), built with a temporary index so the agent's index, refs
-  and stash are untouched;
+  untracked files that are not ignored), hashed from the files' contents by git confined in a view
+  of the host's own (framework/hostgit.py): the agent's index, config, refs and stash are neither
+  used nor touched;
 - ``snapshot.diff``: ``git diff --binary COMMIT TREE``, in every run directory, so
   ``git checkout COMMIT && git apply snapshot.diff`` reproduces the sources of the run;
 - a copy of the tree in ``<state>/dispatch/snapshots/<tree>/`` (content-addressed: an array, or
@@ -23,22 +24,18 @@ import hashlib
 import os
 import secrets
 import shutil
-import subprocess
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framework import hostgit, safefs
+
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 MAX_UNTRACKED_FILE_BYTES = 64 << 20
 MAX_IGNORED_ENTRIES = 256
-_SAFE_GIT = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
-
-
-def _trust(workspace: Path) -> tuple[str, str]:
-    """The broker may run as another user than the workspace's owner (a Docker session's files
-    belong to the container uid); git then refuses the repository unless it is named safe. With
-    fsmonitor and hooks off above, reading it runs nothing of the agent's."""
-    return ("-c", f"safe.directory={workspace}")
+MAX_SNAPSHOT_BYTES = 16 << 30
+"""The most the copy of one snapshot may hold (the tar stream ``git archive`` writes)."""
 
 
 class SnapshotError(RuntimeError):
@@ -64,133 +61,73 @@ class Snapshot:
         return path
 
 
-def _objects_env(workspace: Path, store: Path) -> dict[str, str]:
-    """New objects (the snapshot's blobs and trees) go to a store of the broker's own; the
-    workspace's objects are only read. The broker may run as another user than the repository's
-    owner (a Docker session), and objects it wrote into .git/objects would then be files the
-    agent's own `git add` cannot write next to."""
-    objects = store / "objects"
-    objects.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "GIT_OBJECT_DIRECTORY": str(objects),
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(workspace / ".git" / "objects"),
-    }
-
-
-def _git(
-    workspace: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["git", *_SAFE_GIT, *_trust(workspace), "-C", str(workspace), *args],
-        capture_output=True,
-        check=False,
-        env=env,
-    )
-
-
-def _checked(proc: subprocess.CompletedProcess[bytes], what: str) -> bytes:
-    if proc.returncode != 0:
-        raise SnapshotError(f"{what} failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
-
-
 def is_git_workspace(workspace: Path) -> bool:
     """The workspace is the top of a git repository of its own (``.git/HEAD`` exists). Not so for
     a directory inside another repository, nor for one where a sandbox has only created mount
     points under ``.git/`` (the read-only ``.git/hooks``): git would find the enclosing repository
     there, and its jobs run from the live workspace instead of a snapshot."""
-    return (workspace / ".git" / "HEAD").is_file()
+    return safefs.is_regular_file(workspace, ".git/HEAD")
 
 
 def take_snapshot(workspace: Path, store: Path) -> Snapshot:
-    """Record the workspace's current state and make sure its read-only copy exists in ``store``."""
+    """Record the workspace's current state and make sure its read-only copy exists in ``store``.
+
+    Every git command runs through :func:`framework.hostgit.content_view`: confined, with none
+    of the agent's git configuration, and with an index that starts from ``read-tree HEAD`` (not
+    a copy of the agent's ``.git/index``), so every file is hashed from its contents and a
+    forged stat cache cannot make the snapshot hold anything but what is on disk."""
     workspace = workspace.resolve()
-    head = _git(workspace, "rev-parse", "--verify", "-q", "HEAD^{commit}")
-    commit = head.stdout.decode().strip() or None
-    tree = _working_tree(workspace, store, commit)
-    diff = _checked(
-        _git(
-            workspace,
-            "diff",
-            "--binary",
-            "--no-ext-diff",
-            "--no-textconv",
-            commit or EMPTY_TREE,
-            tree,
-            env=_objects_env(workspace, store),
-        ),
-        "git diff",
-    )
-    root = _materialize(workspace, store, tree)
-    ignored = _ignored_entries(workspace)
-    for relative in ignored:
-        _placeholder(root, relative, workspace / relative)
-    return Snapshot(commit=commit, tree=tree, diff=diff, root=root, ignored=ignored)
-
-
-def _working_tree(workspace: Path, store: Path, commit: str | None) -> str:
-    untracked = _checked(
-        _git(workspace, "ls-files", "-z", "--others", "--exclude-standard"), "git ls-files"
-    )
-    for name in untracked.decode(errors="surrogateescape").split("\0"):
-        if not name:
-            continue
-        path = workspace / name
-        try:
-            size = path.lstat().st_size
-        except OSError:
-            continue
-        if size > MAX_UNTRACKED_FILE_BYTES and not path.is_symlink():
-            raise SnapshotError(
-                f"untracked file {name} is {size / 2**20:.0f} MiB, over the snapshot limit of "
-                f"{MAX_UNTRACKED_FILE_BYTES >> 20} MiB: list it in .gitignore (ignored paths are "
-                "visible to jobs read-only, not copied) or commit it"
-            )
     store.mkdir(parents=True, exist_ok=True)
-    index = store / f".index-{os.getpid()}-{secrets.token_hex(4)}"
-    real_index = workspace / ".git" / "index"
-    env = {**_objects_env(workspace, store), "GIT_INDEX_FILE": str(index)}
     try:
-        if real_index.is_file():
-            shutil.copyfile(
-                real_index, index
-            )  # keeps git's stat cache: unchanged files are not re-read
-        elif commit:
-            _checked(_git(workspace, "read-tree", commit, env=env), "git read-tree")
-        _checked(_git(workspace, "add", "-A", "--", ".", env=env), "git add (temporary index)")
-        return _checked(_git(workspace, "write-tree", env=env), "git write-tree").decode().strip()
-    finally:
-        index.unlink(missing_ok=True)
+        with hostgit.content_view(workspace, parent=store) as view:
+            tree = _working_tree(view)
+            base = view.commit or EMPTY_TREE
+            diff_args = ("diff", "--binary", "--no-ext-diff", "--no-textconv", base, tree)
+            diff = view.run(*diff_args).checked("git diff")
+            root = _materialize(view, store, tree)
+            ignored = _ignored_entries(view)
+    except hostgit.HostGitError as exc:
+        raise SnapshotError(str(exc)) from None
+    for relative in ignored:
+        _placeholder(root, relative, workspace)
+    return Snapshot(commit=view.commit, tree=tree, diff=diff, root=root, ignored=ignored)
 
 
-def _materialize(workspace: Path, store: Path, tree: str) -> Path:
+def _working_tree(view: hostgit.View) -> str:
+    """The tree of the work tree as it is: HEAD's entries re-hashed from the files, plus the
+    untracked files that are not ignored (each within the size limit)."""
+    untracked = view.run("ls-files", "-z", "--others", "--exclude-standard").checked("git ls-files")
+    for name in untracked.decode(errors="surrogateescape").split("\0"):
+        try:
+            info = safefs.stat_beneath(view.repo, name) if name else None
+        except OSError:
+            continue  # a link on the way, or gone since the listing: git decides below
+        if (
+            info is not None
+            and stat.S_ISREG(info.st_mode)
+            and info.st_size > MAX_UNTRACKED_FILE_BYTES
+        ):
+            raise SnapshotError(
+                f"untracked file {name} is {info.st_size / 2**20:.0f} MiB, over the snapshot "
+                f"limit of {MAX_UNTRACKED_FILE_BYTES >> 20} MiB: list it in .gitignore (ignored "
+                "paths are visible to jobs read-only, not copied) or commit it"
+            )
+    view.run("add", "-A", "--", ".").checked("git add (temporary index)")
+    return hostgit.object_id(view.run("write-tree").checked("git write-tree"), "git write-tree")
+
+
+def _materialize(view: hostgit.View, store: Path, tree: str) -> Path:
     root = store / tree
     if root.is_dir():
         return root
     staging = store / f".{tree}.{secrets.token_hex(4)}"
     staging.mkdir(parents=True)
     try:
-        with subprocess.Popen(
-            [
-                "git",
-                *_SAFE_GIT,
-                *_trust(workspace),
-                "-C",
-                str(workspace),
-                "archive",
-                "--format=tar",
-                tree,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=_objects_env(workspace, store),
-        ) as proc:
-            assert proc.stdout is not None
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
-                _extract(archive, staging)
-        if proc.returncode != 0:
-            raise SnapshotError(f"git archive {tree} failed with exit code {proc.returncode}")
+        with (
+            view.stream("archive", "--format=tar", tree, limit=MAX_SNAPSHOT_BYTES) as out,
+            tarfile.open(fileobj=out, mode="r|") as archive,  # type: ignore[call-overload]
+        ):
+            _extract(archive, staging)
         try:
             staging.rename(root)
         except OSError:
@@ -233,26 +170,17 @@ def _extract_checked(archive: tarfile.TarFile, into: Path) -> None:
         archive.extract(member, into, set_attrs=not member.issym())
 
 
-def _ignored_entries(workspace: Path) -> list[str]:
+def _ignored_entries(view: hostgit.View) -> list[str]:
     """Ignored files and directories (a directory once, not its contents); no symlinks, no .git."""
-    out = _checked(
-        _git(
-            workspace,
-            "ls-files",
-            "-z",
-            "--others",
-            "--ignored",
-            "--exclude-standard",
-            "--directory",
-        ),
-        "git ls-files --ignored",
-    )
+    out = view.run(
+        "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"
+    ).checked("git ls-files --ignored")
     entries = []
     for name in sorted(out.decode(errors="surrogateescape").split("\0")):
         name = name.rstrip("/")
         if not name or name.split("/")[0] == ".git" or "__pycache__" in name.split("/"):
             continue
-        if (workspace / name).is_symlink():
+        if not _reached_without_links(view.repo, name):
             continue  # a link could point anywhere on the host; jobs never get it
         entries.append(name)
     if len(entries) > MAX_IGNORED_ENTRIES:
@@ -264,7 +192,15 @@ def _ignored_entries(workspace: Path) -> list[str]:
     return entries
 
 
-def _placeholder(root: Path, relative: str, live: Path) -> None:
+def _reached_without_links(workspace: Path, relative: str) -> bool:
+    try:
+        info = safefs.stat_beneath(workspace, relative)
+    except OSError:
+        return False
+    return info is not None and not stat.S_ISLNK(info.st_mode)
+
+
+def _placeholder(root: Path, relative: str, workspace: Path) -> None:
     """An empty file or directory in the copy, where the live ignored path gets mounted."""
     target = root / relative
     if target.exists() or target.is_symlink():
@@ -275,7 +211,11 @@ def _placeholder(root: Path, relative: str, live: Path) -> None:
         if current.is_symlink():
             return  # never create anything through a link the copy contains
     target.parent.mkdir(parents=True, exist_ok=True)
-    if live.is_dir():
+    try:
+        live = safefs.stat_beneath(workspace, relative)
+    except OSError:
+        live = None
+    if live is not None and stat.S_ISDIR(live.st_mode):
         target.mkdir(exist_ok=True)
     else:
         target.touch()

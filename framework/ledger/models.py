@@ -31,6 +31,9 @@ class EventKind(StrEnum):
     evaluation_diverged = "evaluation_diverged"
     """The workspace's protected paths differ from the session's pristine copy (at a submit or at
     session end; see framework/evaluation.py); not a run event."""
+    git_indirection_planted = "git_indirection_planted"
+    """At session end the repository held something the user's own git would follow to another
+    config or a program (framework/gitplanted.py); not a run event."""
 
 
 RUN_EVENT_KINDS = frozenset(

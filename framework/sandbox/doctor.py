@@ -32,9 +32,17 @@ def _cgroups() -> Check:
     return Check(f"cgroups ({mode})", ok, detail)
 
 
+def _host_git() -> Check:
+    from framework.hostgit import missing_requirement
+
+    problem = missing_requirement()
+    detail = "git on the agent's repository runs confined in bubblewrap, for every runtime"
+    return Check("host git (confined)", problem is None, problem or detail)
+
+
 def diagnose() -> list[Check]:
-    """One check per runtime plus the kernel features they rely on."""
-    checks = [_user_namespaces(), _cgroups()]
+    """One check per runtime plus the kernel features they rely on, and host git's sandbox."""
+    checks = [_user_namespaces(), _cgroups(), _host_git()]
     for name in RUNTIME_MODULES:
         try:
             availability = get_runtime(name).availability()

@@ -31,6 +31,8 @@ from framework.evaluation import (
     scan,
     store_of,
 )
+from framework.gitplanted import planted, shown
+from framework.hostgit import HostGitError
 from framework.sandbox.proxy import EgressProxy
 from framework.sandbox.runtime import SandboxError, Stdio, get_runtime
 from framework.sandbox.spec import (
@@ -190,7 +192,7 @@ def launch(
         network=network,
         workspace=root,
         started_at=datetime.now(UTC),
-        git_commit_before=git_state(root).commit,
+        git_commit_before=_commit_before(root),
         headless=request.prompt is not None or request.command is not None,
         detached=request.detach,
     )
@@ -269,6 +271,7 @@ def launch(
         session.stop_services()
         if started:
             _check_evaluation(session, record.id, root)
+            _check_git(session, record.id, root, record.started_at.timestamp())
             _finish(record, store, root, home, profile, session.notes, transcripts_before)
             _record_event(session, "session_ended", record)
         session.close_ledger()
@@ -287,9 +290,13 @@ def _finish(
     """Complete and save the record: end time, git state after, notes, and the transcripts this
     session wrote (``transcripts_before``: their state before it) copied out."""
     record.ended_at = record.ended_at or datetime.now(UTC)
-    after = git_state(root)
-    record.git_commit_after = after.commit
-    record.git_dirty_after = after.dirty
+    try:
+        after = git_state(root)
+    except HostGitError as exc:
+        notes.append(f"git state not read at session end: {exc}")
+    else:
+        record.git_commit_after = after.commit
+        record.git_dirty_after = after.dirty
     record.notes += notes
     copied = store.copy_transcripts(
         record, home, profile.changed_transcripts(home, transcripts_before)
@@ -400,6 +407,44 @@ def _check_evaluation(session: _Session, session_id: str, root: Path) -> None:
     )
     if session.ledger is not None:
         session.ledger.append("evaluation_diverged", session_id=session_id, payload=payload)
+
+
+def _commit_before(root: Path) -> str | None:
+    """HEAD at launch; refuses to launch when host git cannot run confined (no bubblewrap), as
+    every later snapshot of the workspace would fail too."""
+    try:
+        return git_state(root).commit
+    except HostGitError as exc:
+        raise SandboxError(str(exc)) from None
+
+
+def _check_git(session: _Session, session_id: str, root: Path, started: float) -> None:
+    """At session end: what the session left in the repository that the user's own later git
+    commands would follow (framework/gitplanted.py) goes to the terminal, the session's notes and,
+    as ``git_indirection_planted``, the ledger (the audit reports it)."""
+    try:
+        found = planted(root, started)
+    except OSError as exc:
+        session.notes.append(f"repository not checked for planted git indirections: {exc}")
+        return
+    if not found:
+        return
+    listed = "; ".join(f"{e.path}: {e.why}" for e in found[:GIT_WARNINGS_SHOWN])
+    more = f" and {len(found) - GIT_WARNINGS_SHOWN} more" if len(found) > GIT_WARNINGS_SHOWN else ""
+    line = (
+        f"the repository has {len(found)} thing(s) your own git commands there would follow to "
+        f"another config or a program: {listed}{more}. Inspect .git before running git in "
+        f"{shown(str(root))} (docs/security.md, host-side steps)"
+    )
+    print(f"warning: {line}", file=sys.stderr)
+    session.notes.append(line)
+    if session.ledger is not None:
+        payload = {"entries": [e.model_dump() for e in found], "total": len(found)}
+        session.ledger.append("git_indirection_planted", session_id=session_id, payload=payload)
+
+
+GIT_WARNINGS_SHOWN = 5
+"""Planted git indirections named in the terminal warning; the ledger event lists all."""
 
 
 def _refuse_symlinks(root: Path, path: Path) -> None:

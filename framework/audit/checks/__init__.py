@@ -14,6 +14,7 @@ from framework.audit.checks.base import (
     program_name,
 )
 from framework.audit.checks.evaluation import EvaluationDiverged
+from framework.audit.checks.gitplanted import GitIndirectionPlanted
 from framework.audit.checks.network import NetworkEgress, NetworkWhenOffline
 from framework.audit.checks.rejected import RejectedRequest
 from framework.audit.checks.report import report_findings
@@ -48,6 +49,7 @@ STREAMING = (
     FailingCommandLoop,
     RejectedRequest,
     EvaluationDiverged,
+    GitIndirectionPlanted,
 )
 REPORT_CHECKS = {
     "report-number-unmatched": (Severity.WARNING, "number in report.tex produced by no ledger run"),

@@ -13,7 +13,7 @@ from typing import Protocol, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field
 
 from framework.audit.events import Event, EventKind, EventRecord
-from framework.audit.ledger import DivergenceSource, LedgerRun, RejectionSource
+from framework.audit.ledger import DivergenceSource, GitPlantSource, LedgerRun, RejectionSource
 from framework.sandbox.proxy import host_allowed
 from framework.workspace import Workspace
 
@@ -104,6 +104,8 @@ class CheckContext:
     """Where the session's refused ``remote-run`` requests are read (None: nowhere)."""
     divergences: DivergenceSource | None = None
     """Where the session's ``evaluation_diverged`` events are read (None: nowhere)."""
+    git_plants: GitPlantSource | None = None
+    """Where the session's ``git_indirection_planted`` events are read (None: nowhere)."""
 
     def __post_init__(self) -> None:
         self.idle_gap_s = self.config.idle_gap_minutes * 60
