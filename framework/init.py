@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from framework import safefs
 from framework.config import WORKSPACE_DIR_NAME, Settings, commented_template, load_settings
 from framework.prompts import (
     TOOLS,
@@ -94,10 +96,11 @@ def _sha256(text: str) -> str:
 
 def _read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST_PATH
-    if not path.exists():
+    if safefs.stat_beneath(root, MANIFEST_PATH) is None:
         return Manifest()
     try:
-        return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        text = safefs.read_text(root, MANIFEST_PATH, limit=MAX_FILE_BYTES)
+        return Manifest.model_validate(json.loads(text))
     except (OSError, ValueError, ValidationError) as exc:
         raise InitError(
             f"{path} is unreadable or corrupt ({exc.__class__.__name__}); delete it and rerun "
@@ -123,6 +126,19 @@ def _ensure_git(root: Path) -> str:
     return "existing repository"
 
 
+MAX_FILE_BYTES = 16 << 20
+"""The most init reads of a workspace file it manages (the agent may have made it any size)."""
+
+
+def _write(root: Path, relative: str, text: str) -> None:
+    try:
+        write_text_atomic(root, relative, text)
+    except OSError as exc:
+        raise InitError(
+            f"cannot write {root / relative}: {exc}; remove the link or fix the permissions"
+        ) from None
+
+
 def _sync_file(
     root: Path,
     relative: str,
@@ -138,28 +154,33 @@ def _sync_file(
     except PromptError as exc:
         raise InitError(str(exc)) from None
     wanted = _sha256(text)
-    if not target.exists() and not target.is_symlink():
-        write_text_atomic(target, text)
+    try:
+        there = safefs.stat_beneath(root, relative)
+    except OSError as exc:
+        raise InitError(f"cannot write {target}: {exc}; remove the link and run again") from None
+    if there is None:
+        _write(root, relative, text)
         manifest.files[relative] = wanted
         report.add("created", relative)
         return
-    if target.is_dir():
+    if stat.S_ISDIR(there.st_mode):
         raise InitError(
             f"{target} is a directory, but init needs to write a file there; move it away"
         )
     try:
-        current = _sha256(target.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
+        # Never through a link: a planted CLAUDE.md -> /etc/shadow reads as not ours (None).
+        current = _sha256(safefs.read_text(root, relative, limit=MAX_FILE_BYTES))
+    except OSError:
         current = None
     if current == wanted:
         manifest.files[relative] = wanted
         report.add("unchanged", relative)
     elif current is not None and manifest.files.get(relative) == current:
-        write_text_atomic(target, text)
+        _write(root, relative, text)
         manifest.files[relative] = wanted
         report.add("updated", relative)
     elif force and replaceable:
-        write_text_atomic(target, text)
+        _write(root, relative, text)
         manifest.files[relative] = wanted
         report.add("overwrote", relative, "--force")
     elif replaceable:
@@ -170,10 +191,12 @@ def _sync_file(
 
 def _sync_gitignore(root: Path, report: InitReport) -> None:
     try:
-        path = contained_target(root, ".gitignore")
+        contained_target(root, ".gitignore")  # refuses a .gitignore reached through a link
     except PromptError as exc:
         raise InitError(str(exc)) from None
-    existing = path.read_text(encoding="utf-8") if path.is_file() else ""
+    existing = ""
+    if safefs.is_regular_file(root, ".gitignore"):
+        existing = safefs.read_text(root, ".gitignore", limit=MAX_FILE_BYTES)
     present = {line.strip() for line in existing.splitlines()}
     missing = [entry for entry in GITIGNORE_ENTRIES if entry not in present]
     if not missing:
@@ -182,7 +205,7 @@ def _sync_gitignore(root: Path, report: InitReport) -> None:
     block = "\n".join([GITIGNORE_HEADER, *missing]) + "\n"
     separator = "" if not existing or existing.endswith("\n") else "\n"
     prefix = existing + separator + ("\n" if existing else "")
-    write_text_atomic(path, prefix + block)
+    _write(root, ".gitignore", prefix + block)
     report.add(
         "created" if not existing else "updated", ".gitignore", f"{len(missing)} entries added"
     )
@@ -223,7 +246,7 @@ def sync_methodology(root: Path, settings: Settings, tool: str, force: bool = Fa
         raise InitError(f"cannot write into {root}: {exc}") from None
     finally:
         if manifest != before:
-            write_text_atomic(root / MANIFEST_PATH, manifest.model_dump_json(indent=2) + "\n")
+            _write(root, MANIFEST_PATH, manifest.model_dump_json(indent=2) + "\n")
     return report
 
 
@@ -263,5 +286,5 @@ def init_workspace(path: Path, tool: str | None, force: bool) -> InitReport:
         raise InitError(f"cannot write into {root}: {exc}") from None
     finally:
         if manifest != before:
-            write_text_atomic(root / MANIFEST_PATH, manifest.model_dump_json(indent=2) + "\n")
+            _write(root, MANIFEST_PATH, manifest.model_dump_json(indent=2) + "\n")
     return report

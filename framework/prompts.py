@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from framework import safefs
 from framework.config import WORKSPACE_DIR_NAME, Settings
 
 TEMPLATE_SUFFIX = ".j2"
@@ -376,12 +376,12 @@ def render_skeletons(settings: Settings, tool: str, workspace: Path | None) -> d
     return {path: _render(env, name, context) for path, name in SKELETON_TEMPLATES.items()}
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def write_text_atomic(root: Path, relative: str, text: str) -> None:
+    """Write ``root/relative`` via a temporary file and rename, so a crash never leaves half a
+    file. The tree is the agent's (a workspace, an agent home): the walk follows no link, the
+    temporary name is unpredictable and created ``O_EXCL`` (a link planted at a guessed name
+    cannot redirect the write), and a link at the file itself is replaced, not followed."""
+    safefs.replace(root, relative, text.encode("utf-8"), create_dirs=True)
 
 
 def contained_target(root: Path, relative: str) -> Path:
@@ -415,9 +415,9 @@ def render_for_tool(
     for relative, text in sorted(files.items()):
         target = out_dir / relative
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True)  # host-path: the --out the user named
             target = contained_target(out_dir, relative)
-            write_text_atomic(target, text)
+            write_text_atomic(out_dir, relative, text)
         except OSError as exc:
             raise PromptError(
                 f"cannot write {target}: {exc.strerror}; check the --out directory"

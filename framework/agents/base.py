@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from framework import safefs
+
 
 class AgentInvocation(BaseModel):
     """How the agent is asked to run in this session."""
@@ -78,9 +80,10 @@ class AgentProfile:
         :meth:`changed_transcripts` which files that session wrote."""
         state: dict[Path, tuple[int, int]] = {}
         for path in self.transcripts(home):
-            with contextlib.suppress(OSError):
-                info = path.lstat()
-                state[path] = (info.st_size, info.st_mtime_ns)
+            with contextlib.suppress(OSError, ValueError):
+                info = safefs.stat_beneath(home, path.relative_to(home))
+                if info is not None:
+                    state[path] = (info.st_size, info.st_mtime_ns)
         return state
 
     def changed_transcripts(self, home: Path, before: dict[Path, tuple[int, int]]) -> list[Path]:
@@ -96,10 +99,9 @@ class AgentProfile:
         file holds many sessions (nothing to do for one file per session)."""
 
     def transcripts(self, home: Path) -> list[Path]:
-        """Regular files (never symlinks) under ``home`` that match the transcript globs."""
+        """Regular files under ``home`` that match the transcript globs, reached through no link
+        (the agent home is the agent's: a link on the way is neither followed nor listed)."""
         found: set[Path] = set()
         for pattern in self.transcript_globs:
-            for path in home.glob(pattern):
-                if path.is_file() and not path.is_symlink():
-                    found.add(path)
+            found.update(home / name for name in safefs.glob(home, pattern))
         return sorted(found)

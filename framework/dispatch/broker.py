@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from framework import safefs
 from framework.config import Settings
 from framework.dispatch.jobsandbox import (
     JobSandboxMode,
@@ -257,6 +258,7 @@ class Broker:
             self.paths.runs,
             self.paths.submitit,
         ):
+            # host-path: the state dir's dispatch/, no sandbox mounts it
             directory.mkdir(parents=True, exist_ok=True)
         self.job_sandbox = job_sandbox or job_sandbox_mode(settings)
         if self.job_sandbox == "required":
@@ -458,12 +460,18 @@ class Broker:
 
     def logs(self, op: LogsOp) -> dict[str, Any]:
         record = self.lookup(op.run)[0]
-        path = Path(record.run_dir) / log_name(op.stream, op.rank)
+        name = log_name(op.stream, op.rank)
         data = b""
-        if path.is_file():
-            with path.open("rb") as fh:
-                fh.seek(op.offset)
-                data = fh.read(op.limit)
+        # The run dir is the job's: a link planted at the log's name is refused, never followed.
+        try:
+            data = safefs.read_range(Path(record.run_dir), name, op.offset, op.limit)
+        except FileNotFoundError:
+            pass  # not written yet
+        except OSError as exc:
+            raise BrokerError(
+                f"{name} of run {record.run_id} is not a regular file of its run dir "
+                f"({exc.strerror}); the broker serves no link, FIFO or device from a run dir"
+            ) from None
         return {
             "data": data.decode("utf-8", errors="replace"),
             "offset": op.offset + len(data),
@@ -742,10 +750,12 @@ class Broker:
     def _exits(self, record: RunRecord) -> list[dict[str, Any]]:
         exits = []
         for rank in range(record.resources.world_size):
-            path = Path(record.run_dir) / f"exit.{rank}.json"
-            if path.is_file():
+            name = f"exit.{rank}.json"
+            if safefs.is_regular_file(Path(record.run_dir), name):
                 with contextlib.suppress(OSError, json.JSONDecodeError):
-                    exits.append(json.loads(path.read_text()))
+                    loaded = json.loads(_read_run_file(Path(record.run_dir), name))
+                    if isinstance(loaded, dict):  # the job may have written anything there
+                        exits.append(loaded)
         return exits
 
     def _finalize(
@@ -850,15 +860,15 @@ class Broker:
         run_dir = Path(record.run_dir)
         if record.state is RunState.queued:
             started = [
-                path
+                name
                 for rank in range(record.resources.world_size)
-                if (path := run_dir / f"started.{rank}.json").exists()
+                if safefs.stat_beneath(run_dir, name := f"started.{rank}.json") is not None
             ]
             if started:
                 nodes: list[str] = []
-                for path in started:
-                    with contextlib.suppress(OSError, json.JSONDecodeError):
-                        host = json.loads(path.read_text()).get("host")
+                for name in started:
+                    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+                        host = json.loads(_read_run_file(run_dir, name)).get("host")
                         if host and host not in nodes:
                             nodes.append(host)
                 self._mark_started(record, nodes, [], None)
@@ -919,11 +929,14 @@ class Broker:
     def _recover(self) -> None:
         """Reload the records of an earlier broker process and resume watching its runs."""
         by_id: dict[str, RunRecord] = {}
+        # host-path: dispatch/groups, the broker's own
         for path in sorted(self.paths.groups.glob("*.json")):
             try:
+                # host-path: dispatch/groups, the broker's own
                 submission = json.loads(path.read_text())
                 records = _records_of(submission)
                 job_ids_file = self.paths.job_ids(path.stem)
+                # host-path: dispatch/groups
                 job_ids = json.loads(job_ids_file.read_text()) if job_ids_file.is_file() else None
             except (OSError, ValueError, TypeError, KeyError):
                 continue
@@ -935,8 +948,10 @@ class Broker:
                     record.slurm_job_id = job_ids[position]
                 by_id[record.run_id] = record
                 self._positions[record.run_id] = position
+        # host-path: dispatch/records, the broker's own
         for path in sorted(self.paths.records.glob("*.json")):
             try:
+                # host-path: dispatch/records, the broker's own
                 record = RunRecord.model_validate_json(path.read_text())
             except (OSError, ValidationError):
                 continue
@@ -995,6 +1010,7 @@ class Broker:
         }
         if suppressed:
             entry["suppressed"] = payload["suppressed"] = suppressed
+        # host-path: dispatch/rejected.jsonl, the broker's own
         with self._lock, self.paths.rejected_log.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         self.ledger.rejected(payload)
@@ -1006,6 +1022,7 @@ class Broker:
         if not suppressed:
             return
         reason = f"{suppressed} refused request(s) not recorded one by one (broker rate limit)"
+        # host-path: dispatch/rejected.jsonl, the broker's own
         with self._lock, self.paths.rejected_log.open("a") as fh:
             fh.write(json.dumps({"time": utcnow().isoformat(), "suppressed": suppressed}) + "\n")
         self.ledger.rejected({"field": "rate-limit", "reason": reason, "suppressed": suppressed})
@@ -1063,22 +1080,28 @@ def _expand_nodes(node_list: str) -> list[str]:
     return proc.stdout.split() or [node_list]
 
 
+MAX_RUN_FILE_BYTES = 1 << 20
+"""``started.*.json`` and ``exit.*.json`` are a few hundred bytes; a job may write any size."""
+
+
+def _read_run_file(run_dir: Path, name: str) -> str:
+    """A small file the job may have written (or replaced with a link, FIFO or huge file): read
+    beneath the run dir through no link, bounded; anything else raises OSError."""
+    return safefs.read_text(run_dir, name, limit=MAX_RUN_FILE_BYTES)
+
+
 def _results(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The job's metrics and artifacts, read from its run dir through no link: a link planted as
+    ``metrics.json`` or ``artifacts/`` (to another project's credentials, say) lands nowhere."""
     metrics: dict[str, Any] | None = None
-    metrics_file = run_dir / "metrics.json"
     with contextlib.suppress(OSError, json.JSONDecodeError, ValueError):
-        if metrics_file.is_file() and metrics_file.stat().st_size <= MAX_METRICS_BYTES:
-            loaded = json.loads(metrics_file.read_text())
-            if isinstance(loaded, dict):
-                metrics = loaded
-    artifacts_dir = run_dir / "artifacts"
+        loaded = json.loads(safefs.read_text(run_dir, "metrics.json", limit=MAX_METRICS_BYTES))
+        if isinstance(loaded, dict):
+            metrics = loaded
     artifacts: list[str] = []
-    if artifacts_dir.is_dir():
-        for path in sorted(artifacts_dir.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                artifacts.append(str(path.relative_to(run_dir)))
-                if len(artifacts) >= MAX_ARTIFACTS_LISTED:
-                    break
+    with contextlib.suppress(OSError):
+        found = safefs.regular_files(run_dir, "artifacts", limit=MAX_ARTIFACTS_LISTED)
+        artifacts = sorted(f"artifacts/{name}" for name in found)
     return metrics, artifacts
 
 
@@ -1162,17 +1185,20 @@ class BrokerHandle:
         self._server.server_close()
         self._thread.join(timeout=5)
         self.broker.stop()
-        with contextlib.suppress(FileNotFoundError):
-            (self.channel_path / SOCKET_NAME).unlink()
+        # The channel is the agent's to write: remove the name itself, whatever it now is.
+        with contextlib.suppress(OSError):
+            safefs.remove(self.channel_path, SOCKET_NAME)
 
 
 def install_client(target: Path) -> Path:
     """Copy the stdlib-only client to ``target`` as an executable script."""
+    # host-path: dispatch/bin, mounted read-only in the sandbox
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
+    # host-path: this checkout's file into dispatch/bin
     shutil.copyfile(Path(__file__).with_name("client.py"), tmp)
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
+    tmp.chmod(0o755)  # host-path: dispatch/bin
+    os.replace(tmp, target)  # host-path: dispatch/bin
     return target
 
 
@@ -1187,15 +1213,16 @@ def start_broker(
     ``job_sandbox`` overrides ``cluster.job_sandbox`` (default 'required': jobs run in bwrap)."""
     broker = Broker(workspace_root, settings, session_id, job_sandbox)
     channel = broker.paths.channel
+    # host-path: the channel dir itself, in the host's dispatch/ (or /tmp)
     channel.mkdir(parents=True, exist_ok=True)
-    channel.chmod(0o700)
+    channel.chmod(0o700)  # host-path: the channel dir itself, made just above
     sock = channel / SOCKET_NAME
-    if sock.exists():
+    if safefs.stat_beneath(channel, SOCKET_NAME) is not None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(sock))
         except OSError:
-            sock.unlink()  # left behind by a broker that was killed
+            safefs.remove(channel, SOCKET_NAME)  # left behind by a broker that was killed
         else:
             broker.stop()
             raise BrokerError(f"another broker is already serving {sock}; stop it first")

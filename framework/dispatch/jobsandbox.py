@@ -7,8 +7,12 @@ Split in two so that starting a job stays cheap:
   a :class:`~framework.sandbox.spec.SandboxSpec` and builds the runtime's command line (``bwrap``
   from the bwrap backend, or ``docker run``) once per submission, minus what only the node knows;
 - the runner (:func:`wrap_in_sandbox`, standard library only) adds the run directory, the GPUs of
-  the node and the job's environment, and checks again that no mounted path has been swapped for a
-  symlink since submission.
+  the node and the job's environment, and opens every mounted path of the workspace once, through
+  no link (an ``O_PATH`` descriptor, :func:`framework.safefs.open_path`): bwrap mounts that
+  descriptor (``--ro-bind-fd``), never the name again, so a directory swapped for a link after
+  the check cannot put a host directory into the job. Docker's daemon resolves names itself and
+  cannot mount a descriptor of ours, so there the job's first step compares each mount's
+  device and inode with what the runner opened, and refuses to run on a mismatch.
 
 What a job sees: the workspace snapshot (see snapshot.py) read-only at the workspace's own path,
 the workspace's git-ignored paths read-only from the live workspace, its run directory read-write,
@@ -60,6 +64,9 @@ class WrappedJob(NamedTuple):
     """What the runner records in ``started.<rank>.json``."""
     stop: list[str] | None = None
     """Run this after killing ``argv`` to end the job for good (a container outlives its client)."""
+    pass_fds: tuple[int, ...] = ()
+    """Descriptors ``argv`` mounts (bwrap's ``--ro-bind-fd``): the caller passes them to the
+    process and closes them once it has started."""
 
 
 def job_sandbox_mode(settings: Settings) -> JobSandboxMode:
@@ -76,7 +83,7 @@ def sandbox_ids() -> tuple[int, int]:
 def write_identity_files(etc_dir: Path) -> Path:
     """``passwd``/``group`` for the sandbox user, shared by all runs (read-only inside)."""
     uid, gid = sandbox_ids()
-    etc_dir.mkdir(parents=True, exist_ok=True)
+    etc_dir.mkdir(parents=True, exist_ok=True)  # host-path: the state dir's, no sandbox's
     files = {
         "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
         f"agent:x:{uid}:{gid}:agent:{INSIDE_HOME}:/bin/bash\n",
@@ -84,10 +91,9 @@ def write_identity_files(etc_dir: Path) -> Path:
     }
     for name, text in files.items():
         path = etc_dir / name
+        # host-path: the state dir's sandbox-etc, mounted read-only in jobs, never writable there
         if not path.is_file() or path.read_text() != text:
-            tmp = path.with_name(f".{name}.{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            safefs.replace(etc_dir, name, text.encode())
     return etc_dir
 
 
@@ -269,17 +275,67 @@ def docker_bind(source: str, target: str, read_only: bool) -> str:
     return "--mount=" + ",".join(fields + (["readonly"] if read_only else []))
 
 
-def _refuse_symlinked(path: Path, workspace: Path) -> None:
-    """A mounted path must not have become a link since submission (bwrap would follow it)."""
-    current = workspace
-    if path != workspace:
-        for part in path.relative_to(workspace).parts:
-            current = current / part
-            if current.is_symlink():
-                raise JobSandboxError(
-                    f"{current} is a symbolic link (to {os.readlink(current)}); jobs never mount "
-                    "links from the workspace. Replace it with the real directory and resubmit"
-                )
+class _Checked(NamedTuple):
+    path: str
+    fd: int
+    """An ``O_PATH`` descriptor of what was checked: what bwrap mounts, what Docker's mount must be."""
+
+
+def _open_checked(plan: Mapping[str, Any]) -> list[_Checked]:
+    """Each mounted path of the workspace opened once, through no link (a link anywhere from
+    the workspace root down refuses the job). The caller closes the descriptors."""
+    workspace = Path(plan["workspace"])
+    opened: list[_Checked] = []
+    try:
+        for checked in plan["checked_paths"]:
+            path = Path(checked)
+            relative = "" if path == workspace else path.relative_to(workspace).as_posix()
+            opened.append(_Checked(checked, safefs.open_path(workspace, relative)))
+    except (OSError, ValueError) as exc:
+        for item in opened:
+            os.close(item.fd)
+        raise JobSandboxError(
+            f"{exc}: jobs never mount links or special files from the workspace. Replace it "
+            "with the real directory (or file) and resubmit"
+        ) from exc
+    return opened
+
+
+def _bind_by_descriptor(template: list[str], opened: list[_Checked]) -> list[str]:
+    """``--ro-bind NAME DEST`` becomes ``--ro-bind-fd FD DEST`` for every checked name."""
+    fds = {item.path: item.fd for item in opened}
+    out: list[str] = []
+    i = 0
+    while i < len(template):
+        flag = template[i]
+        if flag in ("--ro-bind", "--bind") and i + 2 < len(template) and template[i + 1] in fds:
+            out += [f"{flag}-fd", str(fds[template[i + 1]]), template[i + 2]]
+            i += 3
+            continue
+        out.append(flag)
+        i += 1
+    return out
+
+
+MOUNT_CHECK = (
+    'while [ "$1" != -- ]; do '
+    'got=$(stat -c %d:%i -- "$1") || exit 126; '
+    'if [ "$got" != "$2" ]; then '
+    'echo "remote-run: $1 is not the directory the runner checked (swapped since): refused" >&2; '
+    'exit 126; fi; shift 2; done; shift; exec "$@"'
+)
+"""The Docker job's first step: each checked mount is the object the runner opened, by device
+and inode (a bind mount shows its source's), or the job ends before any of its code runs."""
+
+
+def _docker_mount_check(plan: Mapping[str, Any], opened: list[_Checked]) -> list[str]:
+    pairs: list[str] = []
+    for item in opened:
+        if item.path == plan["workspace"] and plan.get("snapshot") is not None:
+            continue  # the snapshot (the host's copy) is mounted there, not this directory
+        info = os.fstat(item.fd)
+        pairs += [item.path, f"{info.st_dev}:{info.st_ino}"]
+    return ["/bin/sh", "-c", MOUNT_CHECK, "ar-mount-check", *pairs, "--"] if pairs else []
 
 
 def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, Any]) -> WrappedJob:
@@ -296,12 +352,30 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
             f"there, set cluster.job_runtime = '{other}', or set cluster.job_sandbox = 'off' to "
             "run jobs unsandboxed"
         )
-    workspace = Path(plan["workspace"])
-    for checked in plan["checked_paths"]:
-        _refuse_symlinked(Path(checked), workspace)
+    opened = _open_checked(plan)
     if runtime == "docker":
-        return _wrap_in_docker(binary, argv, env, task)
-    template: list[str] = list(plan["template"])
+        try:
+            return _wrap_in_docker(binary, argv, env, task, _docker_mount_check(plan, opened))
+        finally:
+            for item in opened:
+                os.close(item.fd)
+    try:
+        return _wrap_in_bwrap(binary, argv, env, task, opened)
+    except BaseException:
+        for item in opened:
+            os.close(item.fd)
+        raise
+
+
+def _wrap_in_bwrap(
+    binary: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    task: Mapping[str, Any],
+    opened: list[_Checked],
+) -> WrappedJob:
+    plan = task["sandbox"]
+    template = _bind_by_descriptor(list(plan["template"]), opened)
     try:
         clear = template.index("--clearenv")
         root_ro = max(i for i in range(clear) if tuple(template[i : i + 2]) == _ROOT_RO)
@@ -342,11 +416,16 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
         "gpu_device_nodes": gpu_nodes,
     }
     # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing.
-    return WrappedJob(wrapped, {"PATH": "/usr/bin:/bin"}, run_dir, info)
+    fds = tuple(item.fd for item in opened)
+    return WrappedJob(wrapped, {"PATH": "/usr/bin:/bin"}, run_dir, info, pass_fds=fds)
 
 
 def _wrap_in_docker(
-    binary: str, argv: list[str], env: Mapping[str, str], task: Mapping[str, Any]
+    binary: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    task: Mapping[str, Any],
+    check: list[str],
 ) -> WrappedJob:
     """``docker run`` for this rank: the run directory, its GPUs and its environment added."""
     plan = task["sandbox"]
@@ -355,8 +434,9 @@ def _wrap_in_docker(
     run_dir = str(task["run_dir"])
     uid, gid = int(plan["uid"]), int(plan["gid"])
     if os.getuid() == 0:  # the job writes its run dir as uid, which containers do not remap
-        for path in (run_dir, os.path.join(run_dir, "artifacts")):
-            os.chown(path, uid, gid)
+        # By descriptor, never through a link: a rank's job may have put one at artifacts/.
+        for relative in ("", "artifacts"):
+            safefs.chown_entry(Path(run_dir), relative, uid, gid)
     name = f"ar-{task['run_id']}-{env.get('RANK', '0')}"
     node_specific = [
         f"--name={name}",
@@ -380,7 +460,7 @@ def _wrap_in_docker(
         gpus = []
     node_specific += [f"--env={variable}" for variable in sorted(inside_env)]
     wrapped = [binary, *template[1 : placeholder - 1], *node_specific, template[placeholder - 1]]
-    wrapped += [*argv, *template[placeholder + 1 :]]
+    wrapped += [*check, *argv, *template[placeholder + 1 :]]
     client_env = {**inside_env, "AR_UID": str(uid), "AR_GID": str(gid)}
     for variable in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG"):
         if variable in os.environ:

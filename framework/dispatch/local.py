@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framework import checkout_env
+from framework import checkout_env, safefs
 
 OnStarted = Callable[[str, list[str], int], None]
 OnExited = Callable[[str, int | None], None]
@@ -59,7 +59,7 @@ def pid_alive(pid: int) -> bool:
         return True
     # A zombie is dead for our purposes.
     try:
-        with open(f"/proc/{pid}/stat") as fh:
+        with open(f"/proc/{pid}/stat") as fh:  # host-path: /proc
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
@@ -189,17 +189,22 @@ class LocalScheduler:
     def _start(self, item: _Pending, devices: list[str]) -> None:
         try:
             item.prepare(devices)
-            proc = subprocess.Popen(
-                # -S: the runner needs only the standard library and this checkout (PYTHONPATH);
-                # skipping site-packages start-up saves tens of ms per job.
-                [sys.executable, "-S", "-m", "framework.dispatch.runner", str(item.run_dir)],
-                cwd=item.run_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=(item.run_dir / "runner.log").open("ab"),
-                start_new_session=True,
-                env=checkout_env(),  # the runner resolves to this checkout
-            )
+            # The run dir is the job's to write: never append through a link planted there.
+            log = safefs.open_append(item.run_dir, "runner.log")
+            try:
+                proc = subprocess.Popen(
+                    # -S: the runner needs only the standard library and this checkout
+                    # (PYTHONPATH); skipping site-packages start-up saves tens of ms per job.
+                    [sys.executable, "-S", "-m", "framework.dispatch.runner", str(item.run_dir)],
+                    cwd=item.run_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    start_new_session=True,
+                    env=checkout_env(),  # the runner resolves to this checkout
+                )
+            finally:
+                os.close(log)
         except OSError:
             with self._cond:
                 self._starting.discard(item.run_id)

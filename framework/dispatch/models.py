@@ -257,6 +257,7 @@ def resolve_cwd(workspace: Path, cwd: str) -> Path:
         raise RequestError("cwd", f"{cwd!r} does not exist inside the workspace {root}") from None
     if resolved != root and root not in resolved.parents:
         raise RequestError("cwd", f"{cwd!r} resolves to {resolved}, outside the workspace {root}")
+    # host-path: a look-up for the job's cwd; the host opens nothing there
     if not resolved.is_dir():
         raise RequestError("cwd", f"{cwd!r} is not a directory")
     return resolved

@@ -6,14 +6,18 @@ called as :func:`slurm_entry` by submitit on a Slurm node, which makes the run d
 submission's file. It runs ``task.json``, writes ``started.<rank>.json`` when the process starts
 and ``exit.<rank>.json`` when it ends; the broker turns those into ledger events. Stdlib only: it
 runs in whatever Python the node has, importing nothing heavy.
+
+The run directory is the job's to write (and, in a multi-task run, other ranks' jobs write it
+while this rank starts): every access to a name in it goes through :mod:`framework.safefs`, so a
+link planted there is refused or replaced, never followed with the runner's privileges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,10 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from framework import safefs
 
 TASK_FILE = "task.json"
 DIFF_NAME = "snapshot.diff"
+MAX_TASK_BYTES = 16 << 20
 PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME", "HOME", "TMPDIR")
 """With the SLURM_* allocation variables, the only host variables a job inherits: host secrets (API
 keys, tokens) never reach agent code."""
@@ -44,14 +51,11 @@ def log_name(stream: str, rank: int) -> str:
 
 def write_json_atomic(path: Path, data: object, fsync: bool = True) -> None:
     """Readers see the old or the new file, never half of one. ``fsync`` adds machine-crash
-    durability; a killed process loses nothing already replaced either way."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(json.dumps(data))  # json.dump to a file uses the slow pure-Python encoder
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    durability; a killed process loses nothing already replaced either way. The directory may be
+    a run dir the job writes: the temporary file's name is unpredictable and a link at ``path``
+    is replaced, never followed (safefs)."""
+    # json.dumps, not json.dump to a file: the latter uses the slow pure-Python encoder.
+    safefs.replace(path.parent, path.name, json.dumps(data).encode(), fsync=fsync)
 
 
 def master_port(run_id: str) -> int:
@@ -87,11 +91,14 @@ def prepare_run_dir(
     multi-task run may call it at once."""
     task = task_of(submission, position, devices)
     run_dir = Path(task["run_dir"])
-    (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-    if submission.get("diff") and not (run_dir / DIFF_NAME).exists():
+    # The runs dir is the host's; the run dir may already be written by another rank's job.
+    run_dir.parent.mkdir(parents=True, exist_ok=True)  # host-path: the state dir's runs/
+    os.close(safefs.open_directory(run_dir.parent, f"{run_dir.name}/artifacts", create=True))
+    if submission.get("diff"):
         # A copy, not a link: the job can write its run dir, and must not reach the submission's
-        # diff (which every run of an array starts from) through it.
-        shutil.copyfile(submission["diff"], run_dir / DIFF_NAME)
+        # diff (which every run of an array starts from) through it. Created O_EXCL beneath the
+        # run dir: whatever is there already (another rank's copy, a planted link) stays.
+        safefs.copy_in(Path(submission["diff"]), run_dir, DIFF_NAME)
     write_json_atomic(run_dir / TASK_FILE, task, fsync=False)
     return task
 
@@ -144,8 +151,7 @@ def run_rank(
     the job can write there; a Slurm rank is handed its task, as another rank's job may already
     have rewritten the file)."""
     if task is None:
-        task = json.loads((run_dir / TASK_FILE).read_text())
-    (run_dir / "artifacts").mkdir(exist_ok=True)
+        task = json.loads(safefs.read_text(run_dir, TASK_FILE, limit=MAX_TASK_BYTES))
     env = job_environment(task, rank, local_rank, world_size, master_addr)
     argv = list(task["argv"])
     host = socket.gethostname()
@@ -163,10 +169,16 @@ def run_rank(
         from framework.dispatch.jobsandbox import wrap_in_sandbox
 
         wrap = wrap_in_sandbox
-    with (
-        (run_dir / log_name("stdout", rank)).open("ab") as out,
-        (run_dir / log_name("stderr", rank)).open("ab") as err,
-    ):
+    try:
+        out, err = _open_run_dir(run_dir, rank)
+    except OSError as exc:
+        # Another rank's job planted a link (or a FIFO) where this rank writes: refuse the rank.
+        write_json_atomic(run_dir / f"started.{rank}.json", started)
+        outcome.update(code=126, reason=f"unsafe run directory: {exc}", time=time.time())
+        write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
+        return 126
+    pass_fds: tuple[int, ...] = ()
+    with out, err, contextlib.ExitStack() as held:
         if wrap is not None:
             try:
                 wrapped = wrap(argv, env, task)
@@ -179,9 +191,18 @@ def run_rank(
                 return 126
             argv, popen_env, cwd, stop = wrapped.argv, wrapped.env, wrapped.cwd, wrapped.stop
             started["sandbox"] = wrapped.info
+            pass_fds = wrapped.pass_fds
+            for fd in pass_fds:  # what bwrap mounts; ours to close once it has them
+                held.callback(os.close, fd)
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, env=popen_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                argv,
+                cwd=cwd,
+                env=popen_env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
             err.write(f"remote-run: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
@@ -217,6 +238,19 @@ def run_rank(
     return code
 
 
+def _open_run_dir(run_dir: Path, rank: int) -> tuple[BinaryIO, BinaryIO]:
+    """This rank's ``artifacts/`` and log files (appended to: a restarted rank adds to them),
+    never through a link: in a multi-task run other ranks' jobs have written here already."""
+    os.close(safefs.open_directory(run_dir, "artifacts", create=True))
+    out = os.fdopen(safefs.open_append(run_dir, log_name("stdout", rank)), "ab", buffering=0)
+    try:
+        err = os.fdopen(safefs.open_append(run_dir, log_name("stderr", rank)), "ab", buffering=0)
+    except BaseException:
+        out.close()
+        raise
+    return out, err
+
+
 class Terminated(Exception):
     """SIGTERM (a cancel, or Slurm ending the job) while a container runs: stop it, then end."""
 
@@ -250,7 +284,7 @@ def slurm_entry(submission_file: str, position: int) -> int:
     submission's file; ranks and master address come from the allocation."""
     import submitit
 
-    submission = json.loads(Path(submission_file).read_text())
+    submission = json.loads(Path(submission_file).read_text())  # host-path: the broker's own file
     task = prepare_run_dir(submission, position)
     job_env = submitit.JobEnvironment()
     master = job_env.hostnames[0] if job_env.hostnames else "127.0.0.1"

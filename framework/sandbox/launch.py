@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from framework import safefs
 from framework.agents import AgentInvocation, AgentProfile, credential_names, get_agent
 from framework.config import AgentTool, Mount, NetworkPolicy, RuntimeName, Settings, load_settings
 from framework.evaluation import (
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from framework.ledger import Ledger
 
 FORWARDER = Path(__file__).with_name("forward.py")
+MAX_PROMPT_BYTES = 1 << 20
+"""The largest Codex custom prompt copied into the agent home (the workspace's file, any size)."""
 SANDBOX_PATH = "/home/agent/.local/bin:/opt/uv/bin:/usr/local/bin:/usr/bin:/bin"
 CLIENT_BIN_DIR = Path("/opt/agentic-researcher/bin")
 """Where the broker's client (``remote-run``) is mounted inside, first on PATH."""
@@ -545,13 +548,21 @@ def _render(settings: Settings, tool: str, root: Path, home: Path, owner: tuple[
         print(f"methodology: kept your edited {path} (init --force replaces it)", file=sys.stderr)
     if tool == "codex":
         # Codex reads custom prompts only from $CODEX_HOME/prompts, which is the agent home here.
-        prompts = home / ".codex" / "prompts"
-        prompts.mkdir(parents=True, exist_ok=True)
-        for source in sorted((root / ".codex" / "prompts").glob("*.md")):
-            target = prompts / source.name
-            shutil.copyfile(source, target)
-            if os.getuid() == 0:
-                os.lchown(target, *owner)
+        # Both trees are the agent's: read and write through no link (a planted prompt link
+        # must not copy a host file into the agent's reach, nor a planted prompts/ link take
+        # the agent's text to a host path).
+        home.mkdir(parents=True, exist_ok=True)  # host-path: the agent home itself, the host's
+        try:
+            for relative in safefs.glob(root, ".codex/prompts/*.md"):
+                data = safefs.read_bytes(root, relative, limit=MAX_PROMPT_BYTES)
+                safefs.replace(home, relative, data, create_dirs=True)
+                if os.getuid() == 0:
+                    safefs.chown_entry(home, relative, *owner)
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot copy the Codex prompts into {home}/.codex/prompts: {exc}; remove the "
+                "link or special file there (the launcher follows none) and launch again"
+            ) from None
 
 
 def _record_event(session: _Session, kind: str, record: SessionRecord) -> None:

@@ -7,12 +7,13 @@ files only, never follows symlinks, and keeps every copy inside the session's di
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from framework import safefs
 
 SESSION_FILE = "session.json"
 TRANSCRIPTS_DIR = "transcripts"
@@ -94,24 +95,21 @@ class SessionStore:
         return sorted(records, key=lambda r: r.started_at)
 
     def copy_transcripts(self, record: SessionRecord, home: Path, files: list[Path]) -> list[str]:
-        """Copy regular files under ``home`` into the session dir, keeping their relative paths."""
-        base = home.resolve()
+        """Copy regular files under ``home`` into the session dir, keeping their relative paths.
+        The agent home is the agent's: each file is read beneath ``home`` through no link (a
+        planted link, FIFO or a name that vanished is skipped, never followed)."""
         out_root = self.path(record.id) / TRANSCRIPTS_DIR
         copied: list[str] = []
         for source in files:
-            if source.is_symlink() or not source.is_file():
+            try:
+                relative = source.relative_to(home).as_posix()
+            except ValueError:
                 continue
-            resolved = source.resolve()
-            if base not in resolved.parents:
-                continue
-            relative = resolved.relative_to(base)
             target = out_root / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(resolved, "rb", opener=_no_follow) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            copied.append(str(Path(TRANSCRIPTS_DIR) / relative))
+            target.parent.mkdir(parents=True, exist_ok=True)  # host-path: the session store
+            try:
+                safefs.copy_out(home, relative, target)
+            except OSError:
+                continue
+            copied.append(f"{TRANSCRIPTS_DIR}/{relative}")
         return copied
-
-
-def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)

@@ -3,6 +3,7 @@ agent controls can add options to it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from framework.config import load_settings
 from framework.dispatch import jobsandbox
-from framework.dispatch.jobsandbox import docker_bind, sandbox_plan, wrap_in_sandbox
+from framework.dispatch.jobsandbox import MOUNT_CHECK, docker_bind, sandbox_plan, wrap_in_sandbox
 
 
 def docker_plan(tmp_path: Path, world_size: int = 1) -> dict[str, Any]:
@@ -56,7 +57,17 @@ def test_docker_job_has_the_isolation_of_a_docker_session(
     assert f"--mount=type=bind,src={run_dir},dst={run_dir}" in argv
     assert not any("docker.sock" in a or a.startswith("--privileged") for a in argv)
     image = argv.index(task["sandbox"]["image"])
-    assert argv[image + 1 :] == ["python3", "exp.py", "--flag"]
+    # The job's first step checks that the workspace mounted is what the runner opened.
+    info = os.stat(workspace)
+    check = ["/bin/sh", "-c", MOUNT_CHECK, "ar-mount-check", workspace]
+    assert argv[image + 1 :] == [
+        *check,
+        f"{info.st_dev}:{info.st_ino}",
+        "--",
+        "python3",
+        "exp.py",
+        "--flag",
+    ]
     # Variables are named on the command line (readable by every user); values travel in env.
     assert "--env=EXP_TOKEN" in argv and not any("value-not-on" in a for a in argv)
     assert job.env["EXP_TOKEN"] == "value-not-on-the-command-line"
