@@ -167,6 +167,8 @@ def ledger_list(
     from rich.console import Console
     from rich.table import Table
 
+    from framework.textsafe import cell
+
     table = Table(title=f"{len(runs)} run(s)", title_justify="left")
     for column in ("run", "experiment", "state", "submitted", "took", "where", "metrics", "tags"):
         table.add_column(column, overflow="fold", no_wrap=column in ("run", "state", "submitted"))
@@ -175,15 +177,16 @@ def ledger_list(
         where = run.executor or ""
         if run.gpus.count:
             where += f" {run.gpus.count}×{run.gpus.model or 'GPU'}"
+        # Names, metrics and tags are what the agent's jobs reported: escaped, never markup.
         table.add_row(
-            run.run_id,
-            run.experiment or "",
-            f"[{styles.get(run.state.value, 'white')}]{run.state.value}[/]",
+            cell(run.run_id),
+            cell(run.experiment or ""),
+            cell(run.state.value, style=styles.get(run.state.value, "white")),
             _short_time(run.submitted_at),
             _duration(run),
-            where.strip(),
-            _compact(run.metrics),
-            ",".join(run.tags),
+            cell(where.strip()),
+            cell(_compact(run.metrics)),
+            cell(",".join(run.tags)),
         )
     Console().print(table)
 
@@ -209,19 +212,21 @@ def ledger_show(
     from rich.console import Console
     from rich.table import Table
 
-    fields = Table(title=f"run {run.run_id}", show_header=False, title_justify="left")
+    from framework.textsafe import cell
+
+    fields = Table(title=cell(f"run {run.run_id}"), show_header=False, title_justify="left")
     fields.add_column("field", style="cyan")
     fields.add_column("value", overflow="fold")
     for name, value in run.model_dump(mode="json").items():
         if value in (None, [], {}):
             continue
-        fields.add_row(name, value if isinstance(value, str) else json.dumps(value))
+        fields.add_row(name, cell(value if isinstance(value, str) else json.dumps(value)))
     history = Table(title="events", title_justify="left")
     for column in ("seq", "time", "kind", "payload"):
         history.add_column(column, overflow="fold")
     for event in events:
         history.add_row(
-            str(event.seq), _short_time(event.ts), event.kind.value, json.dumps(event.payload)
+            str(event.seq), _short_time(event.ts), event.kind.value, cell(json.dumps(event.payload))
         )
     console = Console()
     console.print(fields)
@@ -251,12 +256,14 @@ def ledger_diff(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{left} vs {right}", title_justify="left")
+    from framework.textsafe import cell
+
+    table = Table(title=cell(f"{left} vs {right}"), title_justify="left")
     table.add_column("field", style="cyan")
-    table.add_column(left, overflow="fold")
-    table.add_column(right, overflow="fold")
+    table.add_column(cell(left), overflow="fold")
+    table.add_column(cell(right), overflow="fold")
     for d in diffs:
-        table.add_row(d.field, json.dumps(d.left), json.dumps(d.right))
+        table.add_row(cell(d.field), cell(json.dumps(d.left)), cell(json.dumps(d.right)))
     Console().print(table)
 
 
@@ -293,9 +300,11 @@ def ledger_compare(
     from rich.console import Console
     from rich.table import Table
 
+    from framework.textsafe import cell
+
     table = Table(title=f"metrics of {len(runs)} run(s)", title_justify="left")
     for column in ("run", "experiment", "state", *table_data.metrics):
-        table.add_column(column, justify="right" if column in table_data.metrics else "left")
+        table.add_column(cell(column), justify="right" if column in table_data.metrics else "left")
     for row in table_data.rows:
         cells = [row["run_id"], row["experiment"] or "", row["state"]]
         for name in table_data.metrics:
@@ -303,7 +312,7 @@ def ledger_compare(
             cells.append(
                 "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
             )
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     Console().print(table)
 
 

@@ -64,7 +64,9 @@ def test_proxy_refuses_unlisted_hosts_and_dns_that_points_inside(tmp_path: Path)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    proxy = EgressProxy(allowlist=["ok.test", "localhost"], hosts={"ok.test": "127.0.0.1"})
+    proxy = EgressProxy(
+        allowlist=["ok.test", "localhost"], ports=frozenset({port}), hosts={"ok.test": "127.0.0.1"}
+    )
     path = proxy.serve_proxy(tmp_path / "p.sock")
     try:
         ok = _ask(
@@ -79,10 +81,14 @@ def test_proxy_refuses_unlisted_hosts_and_dns_that_points_inside(tmp_path: Path)
         assert rebound.startswith(b"HTTP/1.1 502")
         garbage = _ask(path, b"NONSENSE\r\n\r\n")
         assert garbage.startswith(b"HTTP/1.1 400")
+        # Allowlisted, but on a port that is not allowed: refused before any connection.
+        other_port = _ask(path, f"CONNECT ok.test:{port + 1} HTTP/1.1\r\n\r\n".encode())
+        assert other_port.startswith(b"HTTP/1.1 403")
         assert [(d.host, d.allowed) for d in proxy.decisions] == [
             ("ok.test", True),
             ("other.test", False),
             ("localhost", False),
+            ("ok.test", False),
         ]
     finally:
         proxy.stop()
