@@ -228,10 +228,10 @@ def new_group_id() -> str:
 class _LedgerSink:
     """Writes run events, each kind at most once per run (restart-safe)."""
 
-    def __init__(self, url: str, session_id: str | None) -> None:
+    def __init__(self, url: str, session_id: str | None, state_dir: Path) -> None:
         from framework.ledger import open_ledger
 
-        self.ledger = open_ledger(url)
+        self.ledger = open_ledger(url, state_dir)
         self.session_id = session_id
 
     def record(self, kind: str, record: RunRecord, payload: dict[str, Any]) -> None:
@@ -320,7 +320,7 @@ class Broker:
         if self.job_sandbox == "required":
             write_identity_files(self.paths.sandbox_etc)
         ledger_url = settings.ledger.url or f"sqlite:///{settings.state_dir / 'ledger.sqlite'}"
-        self.ledger = _LedgerSink(ledger_url, session_id)
+        self.ledger = _LedgerSink(ledger_url, session_id, settings.state_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, RunRecord] = {}

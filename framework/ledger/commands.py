@@ -91,7 +91,8 @@ def opened(workspace: Path | None, url: str | None) -> Iterator[Ledger]:
     loaded = load(workspace, {"ledger": {"url": url}} if url else None)
     assert loaded.workspace is not None
     try:
-        ledger = open_ledger(Workspace(loaded.workspace, loaded.settings).ledger_url)
+        project = Workspace(loaded.workspace, loaded.settings)
+        ledger = open_ledger(project.ledger_url, project.state_dir)
     except LedgerError as exc:
         raise fail(str(exc)) from None
     try:
@@ -360,19 +361,42 @@ def ledger_export(
 
 
 def ledger_verify(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="a head you kept elsewhere (SEQ:HASH, from `ledger head`): the chain must still "
+            "have that event with that hash",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     workspace: WorkspaceOpt = None,
     ledger_url: LedgerOpt = None,
 ) -> None:
-    """Check the hash chain; exit 1 and name the broken events if anything was edited, removed,
-    inserted or reordered."""
+    """Check the hash chain, the tables derived from it and the heads kept outside it; exit 1 and
+    name each problem if anything was edited, removed, inserted, reordered, cut or re-hashed."""
+    from framework.cli import fail
+    from framework.ledger.anchor import parse_head
+    from framework.ledger.models import LedgerError
+    from framework.textsafe import one_line
+
+    try:
+        kept = parse_head(head) if head is not None else None
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
     with opened(workspace, ledger_url) as ledger:
-        report = ledger.verify()
+        report = ledger.verify(kept)
     if as_json:
         _echo_json(report.model_dump(mode="json"))
     elif report.ok:
+        against = (
+            f"; matches the kept head(s) at seq {', '.join(map(str, report.anchored))}"
+            if report.anchored
+            else "; no head kept outside the database to check it against"
+        )
         typer.echo(
-            f"ledger ok: {report.events} events, head seq {report.head_seq} hash {report.head_hash} "
+            f"ledger ok: {report.events} events, {report.runs} runs replayed, head seq "
+            f"{report.head_seq} hash {report.head_hash}{against} "
             f"(checked in {report.seconds:.2f} s)"
         )
     else:
@@ -380,10 +404,33 @@ def ledger_verify(
             f"ledger BROKEN: {len(report.problems)} problem(s) in {report.events} events", err=True
         )
         for problem in report.problems:
-            where = f"event seq {problem.seq}" if problem.seq is not None else "ledger"
-            typer.echo(f"  {where}: {problem.problem}", err=True)
+            where = (
+                f"event seq {problem.seq}"
+                if problem.seq is not None
+                else f"run {problem.run_id}"
+                if problem.run_id is not None
+                else "ledger"
+            )
+            # A problem quotes what the tables hold, which may be anyone's text.
+            typer.echo(f"  {one_line(where)}: {one_line(problem.problem)}", err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def ledger_head(
+    as_json: JsonOpt = False,
+    workspace: WorkspaceOpt = None,
+    ledger_url: LedgerOpt = None,
+) -> None:
+    """Print the chain head as SEQ:HASH, to keep somewhere the ledger's host cannot write (a
+    note, a commit elsewhere, a message); `ledger verify --head SEQ:HASH` checks the ledger
+    still has it. Verify first: the head of an edited ledger proves nothing."""
+    with opened(workspace, ledger_url) as ledger:
+        seq, digest = ledger.head()
+    if as_json:
+        _echo_json({"seq": seq, "hash": digest})
+    else:
+        typer.echo(f"{seq}:{digest}")
 
 
 def register(app: typer.Typer) -> None:
@@ -394,4 +441,5 @@ def register(app: typer.Typer) -> None:
     ledger_app.command("compare")(ledger_compare)
     ledger_app.command("export")(ledger_export)
     ledger_app.command("verify")(ledger_verify)
+    ledger_app.command("head")(ledger_head)
     app.add_typer(ledger_app, name="ledger")

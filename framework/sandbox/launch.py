@@ -253,7 +253,7 @@ def launch(
         if request.record_in_ledger:
             from framework.ledger import open_ledger
 
-            session.ledger = open_ledger(workspace.ledger_url)
+            session.ledger = open_ledger(workspace.ledger_url, workspace.state_dir)
         store.save(record)
         _record_event(session, "session_started", record)
         started = True
