@@ -46,7 +46,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True).print(Text("error: ", style="bold red") + Text(message), highlight=False)
+    from framework.textsafe import multi_line
+
+    # Messages often quote what the agent or a job wrote (a run name, the broker's answer).
+    error = Text("error: ", style="bold red") + Text(multi_line(message))
+    Console(stderr=True).print(error, highlight=False)
     return typer.Exit(code)
 
 

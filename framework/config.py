@@ -135,6 +135,10 @@ class SandboxSettings(_Section):
         ],
         description="domains reachable over HTTPS through the egress proxy when network = 'allowlist'",
     )
+    network_ports: list[int] = Field(
+        default_factory=lambda: [443],
+        description="ports the egress proxy lets through to allowlisted domains (80 for plain HTTP)",
+    )
     mounts: list[Mount] = Field(
         default_factory=list,
         description="extra mounts: tables with source, target (optional) and read_only",
@@ -167,6 +171,14 @@ class SandboxSettings(_Section):
         raise ValueError(
             f"expected 'none', 'all', a count or a list of device ids like '0,1', got {value!r}"
         )
+
+    @field_validator("network_ports")
+    @classmethod
+    def _ports(cls, ports: list[int]) -> list[int]:
+        for port in ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{port} is not a TCP port (1-65535)")
+        return sorted(set(ports))
 
     @field_validator("network_allowlist")
     @classmethod

@@ -4,11 +4,11 @@ Stable interface (used by ``launch`` and the sandbox)::
 
     from framework.dispatch.broker import start_broker
     handle = start_broker(workspace_root, settings, session_id)   # background threads on the host
-    handle.channel_path   # directory holding the Unix socket ``broker.sock``: bind it read-write at
-                          # the same path inside the sandbox (a directory, so a restarted broker's new
-                          # socket is visible without remounting)
+    handle.socket_path    # the Unix socket, in the host's own 0700 channel directory: bind the
+                          # socket alone read-only into a directory the agent cannot write, and set
+                          # REMOTE_RUN_SOCKET inside to where it is (never mount the directory)
     handle.client_path    # the stdlib-only ``remote-run`` script: bind it read-only onto the PATH
-    handle.env            # {"REMOTE_RUN_SOCKET": "<channel_path>/broker.sock"}: set it inside
+    handle.env            # {"REMOTE_RUN_SOCKET": str(socket_path)}: for clients on the host
     handle.stop()
 
     agentic-researcher broker [--workspace W]     # the same broker, standalone, in the foreground

@@ -1,9 +1,11 @@
 """The host broker: validates requests from the sandbox, records runs, hands them to an executor.
 
-The channel is a Unix socket in a directory of its own (see docs/dispatch.md for why not a spool
-directory). Each connection carries one JSON object (at most 256 KiB) and gets one JSON object back;
-a connection that sends nothing for 10 s is dropped, and each is served by its own thread, so a
-stalled or hostile client cannot block the others.
+The channel is a Unix socket in a directory of the host's own (see docs/dispatch.md for why not a
+spool directory); a sandbox gets the socket alone, read-only, so the agent can connect to it but
+never rename, replace or shadow it. Each connection carries one JSON object (at most 256 KiB,
+nested at most 16 deep) and gets one JSON object back, whatever bytes it sent; a connection that
+sends nothing for 10 s is dropped, and each is served by its own thread, so a stalled or hostile
+client cannot block the others.
 
 Durability: a submit is acknowledged only after its run record (``dispatch/records/<run>.json``)
 and its ``run_submitted`` ledger event are on disk. A broker that is killed and restarted reloads the
@@ -21,6 +23,7 @@ import secrets
 import shutil
 import socket
 import socketserver
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +56,7 @@ from framework.dispatch.models import (
     SubmitOp,
     WaitOp,
     bounded_copy,
+    decode_request,
     describe_validation_error,
     resolve_cwd,
     utcnow,
@@ -145,9 +149,15 @@ class DispatchPaths:
         return self.root / "rejected.jsonl"
 
     @property
+    def errors_log(self) -> Path:
+        """Tracebacks of the broker's own failures (kept out of every terminal)."""
+        return self.root / "broker-errors.log"
+
+    @property
     def channel(self) -> Path:
-        """Directory holding the socket. Unix socket paths are limited to 107 bytes, so a deep state
-        dir gets a short per-project directory under the runtime dir instead."""
+        """Directory holding the socket: the host's own (0700, never mounted into a sandbox; see
+        :func:`trusted_socket`). Unix socket paths are limited to 107 bytes, so a deep state dir
+        gets a short per-project directory under the runtime dir instead."""
         preferred = self.root / "channel"
         if len(str(preferred / SOCKET_NAME)) < 100:
             return preferred
@@ -164,6 +174,54 @@ class DispatchPaths:
         return self.root / "bin" / CLIENT_NAME
 
 
+def _open_channel(channel: Path) -> int:
+    """A descriptor of ``channel`` once it is known that nobody but this uid can change what is
+    in it: a directory (not a link), owned by this uid, writable by no one else. Whoever else could
+    write there (the agent's uid, if an older version handed it the directory; another user who
+    made ``/tmp/ar-broker-*`` first) could put a socket of their own where clients look."""
+    try:
+        fd = os.open(channel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BrokerError(
+            f"no broker channel at {channel}: no broker has run for this workspace; start one "
+            "with `agentic-researcher broker` or `agentic-researcher launch`"
+        ) from None
+    except OSError as exc:
+        raise BrokerError(
+            f"refusing the broker channel {channel}: {exc.strerror} (a symbolic link or not a "
+            "directory); remove it and start the broker again"
+        ) from None
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        os.close(fd)
+        raise BrokerError(
+            f"refusing the broker channel {channel}: owned by uid {info.st_uid} with mode "
+            f"{stat.S_IMODE(info.st_mode):o}, so someone other than uid {os.geteuid()} can replace "
+            "the socket in it; stop any broker, remove the directory and start the broker again"
+        )
+    return fd
+
+
+def trusted_socket(paths: DispatchPaths) -> Path:
+    """The broker socket a host-side client may connect to, once it is known not to be a
+    stand-in: its directory passes :func:`_open_channel`, and the socket in it, if there is one
+    yet, is a socket of this uid. The directory's ancestors are the host's own, so nothing can
+    swap the socket between this check and the connect."""
+    fd = _open_channel(paths.channel)
+    try:
+        info = os.stat(SOCKET_NAME, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return paths.socket  # the broker may be starting; the client retries for a while
+    finally:
+        os.close(fd)
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid():
+        raise BrokerError(
+            f"refusing {paths.socket}: not a socket of uid {os.geteuid()} (mode "
+            f"{info.st_mode:o}, owner {info.st_uid}); stop the broker, remove it and start again"
+        )
+    return paths.socket
+
+
 def new_group_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -171,10 +229,10 @@ def new_group_id() -> str:
 class _LedgerSink:
     """Writes run events, each kind at most once per run (restart-safe)."""
 
-    def __init__(self, url: str, session_id: str | None) -> None:
+    def __init__(self, url: str, session_id: str | None, state_dir: Path) -> None:
         from framework.ledger import open_ledger
 
-        self.ledger = open_ledger(url)
+        self.ledger = open_ledger(url, state_dir)
         self.session_id = session_id
 
     def record(self, kind: str, record: RunRecord, payload: dict[str, Any]) -> None:
@@ -264,7 +322,7 @@ class Broker:
         if self.job_sandbox == "required":
             write_identity_files(self.paths.sandbox_etc)
         ledger_url = settings.ledger.url or f"sqlite:///{settings.state_dir / 'ledger.sqlite'}"
-        self.ledger = _LedgerSink(ledger_url, session_id)
+        self.ledger = _LedgerSink(ledger_url, session_id, settings.state_dir)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, RunRecord] = {}
@@ -293,14 +351,7 @@ class Broker:
     def handle_bytes(self, raw: bytes) -> dict[str, Any]:
         """One request from the channel -> one response. Never raises for bad input."""
         try:
-            if len(raw) > MAX_REQUEST_BYTES:
-                raise RequestError("request", f"larger than the limit of {MAX_REQUEST_BYTES} bytes")
-            try:
-                data = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise RequestError(
-                    "request", f"not valid JSON ({exc}); send one JSON object"
-                ) from None
+            data = decode_request(raw)
             try:
                 op = _OPS.validate_python(data)
             except ValidationError as exc:
@@ -1130,8 +1181,23 @@ class _Handler(socketserver.BaseRequestHandler):
             _send(conn, self.server.broker.handle_bytes(raw))
         except (TimeoutError, OSError):
             return
+        except Exception:
+            # A bug reached by some request: the client gets an answer, and the traceback goes
+            # to the broker's own log, never to a terminal the agent's bytes could reach.
+            _log_error(self.server.broker.paths.errors_log)
+            _send(conn, {"ok": False, "error": INTERNAL_ERROR, "field": None})
         finally:
             self.server.slots.release()
+
+
+INTERNAL_ERROR = "the broker failed on this request (details in its broker-errors.log); retry"
+
+
+def _log_error(path: Path) -> None:
+    import traceback
+
+    with contextlib.suppress(OSError), path.open("a") as log:
+        log.write(f"{utcnow().isoformat()}\n{traceback.format_exc()}\n")
 
 
 def _read_request(conn: socket.socket) -> bytes:
@@ -1170,11 +1236,13 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 @dataclass
 class BrokerHandle:
-    """A running broker. Mount ``channel_path`` (a directory) read-write at the same path inside the
-    sandbox, ``client_path`` read-only on its PATH, and set ``env`` there."""
+    """A running broker. Bind ``socket_path`` alone, read-only, onto a path in a directory the
+    agent cannot write, and point ``REMOTE_RUN_SOCKET`` there; bind ``client_path`` read-only on
+    the PATH. ``env`` is for clients on the host. Never mount the channel directory itself: the
+    agent could then rename the socket and serve its own in its place."""
 
     broker: Broker
-    channel_path: Path
+    socket_path: Path
     client_path: Path
     env: dict[str, str]
     _server: _Server = field(repr=False)
@@ -1185,9 +1253,9 @@ class BrokerHandle:
         self._server.server_close()
         self._thread.join(timeout=5)
         self.broker.stop()
-        # The channel is the agent's to write: remove the name itself, whatever it now is.
+        # remove the name itself, whatever it now is (no link followed)
         with contextlib.suppress(OSError):
-            safefs.remove(self.channel_path, SOCKET_NAME)
+            safefs.remove(self.socket_path.parent, self.socket_path.name)
 
 
 def install_client(target: Path) -> Path:
@@ -1213,9 +1281,13 @@ def start_broker(
     ``job_sandbox`` overrides ``cluster.job_sandbox`` (default 'required': jobs run in bwrap)."""
     broker = Broker(workspace_root, settings, session_id, job_sandbox)
     channel = broker.paths.channel
-    # host-path: the channel dir itself, in the host's dispatch/ (or /tmp)
-    channel.mkdir(parents=True, exist_ok=True)
-    channel.chmod(0o700)  # host-path: the channel dir itself, made just above
+    # host-path: the channel dir itself (host-owned, 0700, checked by _open_channel below)
+    channel.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(_open_channel(channel))
+    except BrokerError:
+        broker.stop()
+        raise
     sock = channel / SOCKET_NAME
     if safefs.stat_beneath(channel, SOCKET_NAME) is not None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1229,12 +1301,15 @@ def start_broker(
         finally:
             probe.close()
     server = _Server(sock, broker)
+    # The agent may run as another uid (Docker); the 0700 directory keeps every other user of the
+    # host away from the socket, and a sandbox is given the socket alone.
+    os.chmod(sock, 0o666)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="broker", daemon=True
     )
     thread.start()
     client = install_client(broker.paths.client)
-    return BrokerHandle(broker, channel, client, {SOCKET_ENV: str(sock)}, server, thread)
+    return BrokerHandle(broker, sock, client, {SOCKET_ENV: str(sock)}, server, thread)
 
 
 def serve_forever(

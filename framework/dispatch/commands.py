@@ -25,12 +25,18 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 
 
 def _socket(workspace: Path | None) -> str:
-    from framework.cli import load
-    from framework.dispatch.broker import DispatchPaths
+    """The broker's socket in the host's own channel directory, checked: never one that a
+    sandbox or another user could have put there."""
+    from framework.cli import fail, load
+    from framework.dispatch.broker import BrokerError, DispatchPaths, trusted_socket
+    from framework.dispatch.client import EXIT_UNREACHABLE
 
     loaded = load(workspace)
     assert loaded.settings.state_dir is not None
-    return str(DispatchPaths(loaded.settings.state_dir).socket)
+    try:
+        return str(trusted_socket(DispatchPaths(loaded.settings.state_dir)))
+    except BrokerError as exc:
+        raise fail(str(exc), EXIT_UNREACHABLE) from None
 
 
 def _call(workspace: Path | None, payload: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +52,8 @@ def _call(workspace: Path | None, payload: dict[str, Any]) -> dict[str, Any]:
 def _runs_table(runs: list[dict[str, Any]], title: str) -> Any:
     from rich.table import Table
 
+    from framework.textsafe import cell
+
     colours = {
         "queued": "yellow",
         "running": "cyan",
@@ -53,21 +61,23 @@ def _runs_table(runs: list[dict[str, Any]], title: str) -> Any:
         "failed": "red",
         "cancelled": "magenta",
     }
-    table = Table(title=title)
+    table = Table(title=cell(title))
     for column in ("run", "name", "state", "nodes", "gpus", "exit", "argv", "reason"):
         # Ids and states stay whole (people copy them); long text folds instead.
         table.add_column(column, overflow="fold", no_wrap=column in ("run", "state"))
     for r in runs:
-        state = r["state"]
+        # Every field may hold the agent's text: the broker echoes what was submitted, and the
+        # answer itself comes from whatever listens on the socket.
+        state = str(r["state"])
         table.add_row(
-            r["run_id"],
-            r.get("name") or "",
-            f"[{colours.get(state, 'white')}]{state}[/]",
-            ",".join(r.get("nodes") or []),
-            ",".join(r.get("devices") or []) or str(r["resources"]["gpus"]),
-            "" if r.get("exit_code") is None else str(r["exit_code"]),
-            " ".join(r["argv"])[:60],
-            r.get("reason") or "",
+            cell(r["run_id"]),
+            cell(r.get("name") or ""),
+            cell(state, style=colours.get(state, "white")),
+            cell(",".join(r.get("nodes") or [])),
+            cell(",".join(r.get("devices") or []) or r["resources"]["gpus"]),
+            cell("" if r.get("exit_code") is None else r["exit_code"]),
+            cell(" ".join(r["argv"])[:60]),
+            cell(r.get("reason") or ""),
         )
     return table
 
@@ -98,6 +108,7 @@ def jobs_submit(
     """Submit a job (argv, never shell text)."""
     from framework.cli import fail
     from framework.dispatch.client import ClientError, parse_array
+    from framework.textsafe import one_line
 
     request: dict[str, Any] = {
         "argv": command,
@@ -114,7 +125,8 @@ def jobs_submit(
             raise fail(str(exc), exc.code) from None
     answer = _call(workspace, {"op": "submit", "request": request})
     if not wait:
-        typer.echo(json.dumps(answer["runs"]) if as_json else "\n".join(answer["runs"]))
+        ids = json.dumps(answer["runs"]) if as_json else "\n".join(map(one_line, answer["runs"]))
+        typer.echo(ids)
         return
     runs = _call(workspace, {"op": "wait", "run": answer["group"], "timeout_s": 300})["runs"]
     _print_runs(runs, as_json, f"group {answer['group']}")
@@ -181,7 +193,10 @@ def jobs_logs(
     ] = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Print (or follow) a run's output."""
+    """Print (or follow) a run's output. Control characters other than newline and tab are
+    shown escaped (``\\x1b``); the run dir holds the raw bytes."""
+    from framework.textsafe import multi_line
+
     offset = 0
     while True:
         payload = {
@@ -192,7 +207,7 @@ def jobs_logs(
             "offset": offset,
         }
         answer = _call(workspace, payload)
-        typer.echo(answer["data"], nl=False)
+        typer.echo(multi_line(answer["data"]), nl=False)
         offset = answer["offset"]
         if not follow or (answer["done"] and not answer["data"]):
             return
@@ -220,16 +235,18 @@ def jobs_nodes(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None
     from rich.console import Console
     from rich.table import Table
 
+    from framework.textsafe import cell
+
     table = Table(title="nodes")
     for column in ("node", "state", "gpus free", "gpus busy", "cpus free"):
         table.add_column(column)
     for n in nodes:
         table.add_row(
-            n["name"],
-            n["state"],
-            str(n["gpus_total"] - n["gpus_busy"]),
-            str(n["gpus_busy"]),
-            str(n["cpus_total"] - n["cpus_busy"]),
+            cell(n["name"]),
+            cell(n["state"]),
+            cell(n["gpus_total"] - n["gpus_busy"]),
+            cell(n["gpus_busy"]),
+            cell(n["cpus_total"] - n["cpus_busy"]),
         )
     Console().print(table)
 

@@ -181,6 +181,39 @@ class RequestError(ValueError):
         self.message = message
 
 
+MAX_NESTING = 16
+"""Deepest nesting of lists and objects a request may have (a submit needs 4)."""
+
+
+def decode_request(raw: bytes) -> Any:
+    """The JSON value of one request, or :class:`RequestError` for any bytes that cannot be one:
+    over the size limit, not strict UTF-8, not JSON (``NaN`` and ``Infinity`` included), a number
+    too long to convert, or nested deeper than :data:`MAX_NESTING`. Never anything else: these
+    bytes come from the sandbox."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise RequestError("request", f"larger than the limit of {MAX_REQUEST_BYTES} bytes")
+    try:
+        # Decoded here, strictly: given bytes, json would also guess UTF-16 and UTF-32.
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:  # the decoder's own depth limit, far past ours
+        raise RequestError("request", f"nested deeper than {MAX_NESTING} levels") from None
+    except ValueError as exc:  # also UnicodeDecodeError, and an integer past the digit limit
+        raise RequestError("request", f"not valid JSON ({exc}); send one JSON object") from None
+    pending: list[tuple[Any, int]] = [(data, 0)]
+    while pending:  # a loop, not recursion: the depth is what is being bounded
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth == MAX_NESTING:
+                raise RequestError("request", f"nested deeper than {MAX_NESTING} levels")
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 REJECTED_COPY_CHARS = 2000
 """How much of a rejected request the ledger keeps: it is hostile input of up to 256 KiB."""
 REJECTED_COPY_DEPTH = 8

@@ -91,7 +91,8 @@ def opened(workspace: Path | None, url: str | None) -> Iterator[Ledger]:
     loaded = load(workspace, {"ledger": {"url": url}} if url else None)
     assert loaded.workspace is not None
     try:
-        ledger = open_ledger(Workspace(loaded.workspace, loaded.settings).ledger_url)
+        project = Workspace(loaded.workspace, loaded.settings)
+        ledger = open_ledger(project.ledger_url, project.state_dir)
     except LedgerError as exc:
         raise fail(str(exc)) from None
     try:
@@ -167,6 +168,8 @@ def ledger_list(
     from rich.console import Console
     from rich.table import Table
 
+    from framework.textsafe import cell
+
     table = Table(title=f"{len(runs)} run(s)", title_justify="left")
     for column in ("run", "experiment", "state", "submitted", "took", "where", "metrics", "tags"):
         table.add_column(column, overflow="fold", no_wrap=column in ("run", "state", "submitted"))
@@ -175,15 +178,16 @@ def ledger_list(
         where = run.executor or ""
         if run.gpus.count:
             where += f" {run.gpus.count}×{run.gpus.model or 'GPU'}"
+        # Names, metrics and tags are what the agent's jobs reported: escaped, never markup.
         table.add_row(
-            run.run_id,
-            run.experiment or "",
-            f"[{styles.get(run.state.value, 'white')}]{run.state.value}[/]",
+            cell(run.run_id),
+            cell(run.experiment or ""),
+            cell(run.state.value, style=styles.get(run.state.value, "white")),
             _short_time(run.submitted_at),
             _duration(run),
-            where.strip(),
-            _compact(run.metrics),
-            ",".join(run.tags),
+            cell(where.strip()),
+            cell(_compact(run.metrics)),
+            cell(",".join(run.tags)),
         )
     Console().print(table)
 
@@ -209,19 +213,21 @@ def ledger_show(
     from rich.console import Console
     from rich.table import Table
 
-    fields = Table(title=f"run {run.run_id}", show_header=False, title_justify="left")
+    from framework.textsafe import cell
+
+    fields = Table(title=cell(f"run {run.run_id}"), show_header=False, title_justify="left")
     fields.add_column("field", style="cyan")
     fields.add_column("value", overflow="fold")
     for name, value in run.model_dump(mode="json").items():
         if value in (None, [], {}):
             continue
-        fields.add_row(name, value if isinstance(value, str) else json.dumps(value))
+        fields.add_row(name, cell(value if isinstance(value, str) else json.dumps(value)))
     history = Table(title="events", title_justify="left")
     for column in ("seq", "time", "kind", "payload"):
         history.add_column(column, overflow="fold")
     for event in events:
         history.add_row(
-            str(event.seq), _short_time(event.ts), event.kind.value, json.dumps(event.payload)
+            str(event.seq), _short_time(event.ts), event.kind.value, cell(json.dumps(event.payload))
         )
     console = Console()
     console.print(fields)
@@ -251,12 +257,14 @@ def ledger_diff(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{left} vs {right}", title_justify="left")
+    from framework.textsafe import cell
+
+    table = Table(title=cell(f"{left} vs {right}"), title_justify="left")
     table.add_column("field", style="cyan")
-    table.add_column(left, overflow="fold")
-    table.add_column(right, overflow="fold")
+    table.add_column(cell(left), overflow="fold")
+    table.add_column(cell(right), overflow="fold")
     for d in diffs:
-        table.add_row(d.field, json.dumps(d.left), json.dumps(d.right))
+        table.add_row(cell(d.field), cell(json.dumps(d.left)), cell(json.dumps(d.right)))
     Console().print(table)
 
 
@@ -293,9 +301,11 @@ def ledger_compare(
     from rich.console import Console
     from rich.table import Table
 
+    from framework.textsafe import cell
+
     table = Table(title=f"metrics of {len(runs)} run(s)", title_justify="left")
     for column in ("run", "experiment", "state", *table_data.metrics):
-        table.add_column(column, justify="right" if column in table_data.metrics else "left")
+        table.add_column(cell(column), justify="right" if column in table_data.metrics else "left")
     for row in table_data.rows:
         cells = [row["run_id"], row["experiment"] or "", row["state"]]
         for name in table_data.metrics:
@@ -303,7 +313,7 @@ def ledger_compare(
             cells.append(
                 "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
             )
-        table.add_row(*cells)
+        table.add_row(*map(cell, cells))
     Console().print(table)
 
 
@@ -351,19 +361,42 @@ def ledger_export(
 
 
 def ledger_verify(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="a head you kept elsewhere (SEQ:HASH, from `ledger head`): the chain must still "
+            "have that event with that hash",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     workspace: WorkspaceOpt = None,
     ledger_url: LedgerOpt = None,
 ) -> None:
-    """Check the hash chain; exit 1 and name the broken events if anything was edited, removed,
-    inserted or reordered."""
+    """Check the hash chain, the tables derived from it and the heads kept outside it; exit 1 and
+    name each problem if anything was edited, removed, inserted, reordered, cut or re-hashed."""
+    from framework.cli import fail
+    from framework.ledger.anchor import parse_head
+    from framework.ledger.models import LedgerError
+    from framework.textsafe import one_line
+
+    try:
+        kept = parse_head(head) if head is not None else None
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
     with opened(workspace, ledger_url) as ledger:
-        report = ledger.verify()
+        report = ledger.verify(kept)
     if as_json:
         _echo_json(report.model_dump(mode="json"))
     elif report.ok:
+        against = (
+            f"; matches the kept head(s) at seq {', '.join(map(str, report.anchored))}"
+            if report.anchored
+            else "; no head kept outside the database to check it against"
+        )
         typer.echo(
-            f"ledger ok: {report.events} events, head seq {report.head_seq} hash {report.head_hash} "
+            f"ledger ok: {report.events} events, {report.runs} runs replayed, head seq "
+            f"{report.head_seq} hash {report.head_hash}{against} "
             f"(checked in {report.seconds:.2f} s)"
         )
     else:
@@ -371,10 +404,33 @@ def ledger_verify(
             f"ledger BROKEN: {len(report.problems)} problem(s) in {report.events} events", err=True
         )
         for problem in report.problems:
-            where = f"event seq {problem.seq}" if problem.seq is not None else "ledger"
-            typer.echo(f"  {where}: {problem.problem}", err=True)
+            where = (
+                f"event seq {problem.seq}"
+                if problem.seq is not None
+                else f"run {problem.run_id}"
+                if problem.run_id is not None
+                else "ledger"
+            )
+            # A problem quotes what the tables hold, which may be anyone's text.
+            typer.echo(f"  {one_line(where)}: {one_line(problem.problem)}", err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def ledger_head(
+    as_json: JsonOpt = False,
+    workspace: WorkspaceOpt = None,
+    ledger_url: LedgerOpt = None,
+) -> None:
+    """Print the chain head as SEQ:HASH, to keep somewhere the ledger's host cannot write (a
+    note, a commit elsewhere, a message); `ledger verify --head SEQ:HASH` checks the ledger
+    still has it. Verify first: the head of an edited ledger proves nothing."""
+    with opened(workspace, ledger_url) as ledger:
+        seq, digest = ledger.head()
+    if as_json:
+        _echo_json({"seq": seq, "hash": digest})
+    else:
+        typer.echo(f"{seq}:{digest}")
 
 
 def register(app: typer.Typer) -> None:
@@ -385,4 +441,5 @@ def register(app: typer.Typer) -> None:
     ledger_app.command("compare")(ledger_compare)
     ledger_app.command("export")(ledger_export)
     ledger_app.command("verify")(ledger_verify)
+    ledger_app.command("head")(ledger_head)
     app.add_typer(ledger_app, name="ledger")

@@ -201,9 +201,12 @@ class RunState(BaseModel):
 
 class VerifyProblem(BaseModel):
     seq: int | None = Field(
-        description="the event where the chain broke (None: the ledger as a whole)"
+        description="the event where the chain broke (None: the ledger as a whole, or a run)"
     )
     problem: str
+    run_id: str | None = Field(
+        default=None, description="the run whose derived rows disagree with its events"
+    )
 
 
 class VerifyReport(BaseModel):
@@ -212,6 +215,11 @@ class VerifyReport(BaseModel):
     head_seq: int | None = None
     head_hash: str | None = None
     problems: list[VerifyProblem] = Field(default_factory=list)
+    runs: int = Field(default=0, description="runs whose derived rows were replayed and checked")
+    anchor: str | None = Field(default=None, description="the anchor file checked (None: none)")
+    anchored: list[int] = Field(
+        default_factory=list, description="the seqs checked against a kept head (anchor, --head)"
+    )
     seconds: float = 0.0
 
 

@@ -130,9 +130,11 @@ class PostgresLedger(Ledger):
         "OR b.j ->> 'session_id' IS DISTINCT FROM e.session_id"
     )
 
-    def _scan_cursor(self) -> Any:
+    _code_point_order = ' COLLATE "C"'
+
+    def _scan_cursor(self, name: str = "ledger_verify_scan") -> Any:
         # A server-side cursor streams the chain instead of loading every event into memory.
-        cursor = self._conn.cursor(name="ledger_verify_scan")
+        cursor = self._conn.cursor(name=name)
         cursor.itersize = 10_000  # rows per round trip while it is iterated
         return cursor
 

@@ -225,6 +225,7 @@ class SqliteLedger(Ledger):
             with contextlib.suppress(LedgerError, OSError, sqlite3.Error):
                 self._catch_up()
             self._tail.close()
+            self._close_anchor()
             self._conn.close()
 
     # -- the tail: appends are acknowledged once written there ---------------------------------
@@ -242,6 +243,8 @@ class SqliteLedger(Ledger):
             if not chained:
                 return
             tail.append(chained, runs)
+            if self._anchor is not None:  # under the tail's lock: records follow the chain
+                self._anchor.write(*tail.head)
             size = tail.size
             if size >= FOLD_AT_BYTES:
                 if self.background_fold and size < FOLD_LIMIT_BYTES and self._wake_folder(size):

@@ -9,6 +9,7 @@ first): it overrides ``_write_group``, and ``_catch_up``, which every read calls
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -17,10 +18,12 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from framework.ledger import anchor as anchors
 from framework.ledger.chain import walk
 from framework.ledger.models import (
     GENESIS_HASH,
@@ -243,6 +246,10 @@ class Ledger(ABC):
     _stores_index_columns = True
     """Whether ts, kind, run_id and session_id are written beside the body (and so must be checked
     against it), rather than derived from the body by the database."""
+    _code_point_order = ""
+    """What makes ``ORDER BY`` text follow code points (the order the replay merges in)."""
+    _anchor: anchors.Anchor | None = None
+    """The anchor file every append records its head in (see anchor.py); None: not anchored."""
 
     def __init__(self, url: str, connection: Any) -> None:
         self.url = url
@@ -271,7 +278,8 @@ class Ledger(ABC):
     def _sql(self, statement: str) -> str:
         return statement
 
-    def _scan_cursor(self) -> Any:
+    def _scan_cursor(self, name: str = "ledger_verify_scan") -> Any:
+        """A cursor for a long scan (``name`` tells several open at once apart)."""
         return self._conn.cursor()
 
     def _commit(self) -> None:
@@ -288,8 +296,19 @@ class Ledger(ABC):
         cur.execute(self._sql(statement), params)
         return cur
 
+    def anchor_to(self, path: Path) -> None:
+        """Record the head after every append in the anchor file at ``path`` (created if absent),
+        and check the chain against it in :meth:`verify`."""
+        self._anchor = anchors.Anchor(path)
+
+    def _close_anchor(self) -> None:
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None
+
     def close(self) -> None:
         with self._lock:
+            self._close_anchor()
             self._conn.close()
 
     def __enter__(self) -> Ledger:
@@ -416,19 +435,25 @@ class Ledger(ABC):
 
     def _write_group(self, group: list[_Request]) -> None:
         """Chain the requests onto the head and write them in one transaction of the database.
-        A backend that acknowledges events before its tables hold them overrides this."""
-        try:
-            self._begin_write()
-            seq, prev = self._read_head()
-            chained, _ = self._chain_group(
-                group, seq, prev, self._known_runs(_submitted_ids(group))
-            )
-            if chained:
-                self._store([entry for entries in chained for entry in entries])
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
+        A backend that acknowledges events before its tables hold them overrides this.
+
+        With an anchor, this host's appenders take its lock from before the write lock to after
+        their record, so the records follow the chain even though the commit releases the lock."""
+        with self._anchor.locked() if self._anchor is not None else contextlib.nullcontext():
+            try:
+                self._begin_write()
+                seq, prev = self._read_head()
+                chained, _ = self._chain_group(
+                    group, seq, prev, self._known_runs(_submitted_ids(group))
+                )
+                if chained:
+                    self._store([entry for entries in chained for entry in entries])
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+            if chained and self._anchor is not None:
+                self._anchor.write(chained[-1][-1].seq, chained[-1][-1].digest)
 
     def _catch_up(self) -> None:  # noqa: B027 - a hook; most backends have nothing to do
         """Bring the tables up to date with every acknowledged event, before they are read. Here
@@ -714,10 +739,13 @@ class Ledger(ABC):
 
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self) -> VerifyReport:
+    def verify(self, head: tuple[int, str] | None = None) -> VerifyReport:
         """Walk the whole chain: every body hashes to its stored hash, names the previous event's hash,
         carries its own seq, and agrees with the indexed columns; the head names the last event.
-        Detects edited, deleted, inserted and reordered events.
+        Detects edited, deleted, inserted and reordered events. Then replay the run events into
+        the derived tables and compare (framework/ledger/replay.py), and check the chain against
+        the heads kept outside the database: the anchor file's first and last records and
+        ``head`` (a ``(seq, hash)`` the user kept), which catch a chain cut short or re-hashed.
 
         A fast pass proves an intact ledger (:meth:`_chain_intact`, and the indexed-columns check of
         :meth:`_start_columns_check` where the backend needs one); only when it finds anything wrong
@@ -725,6 +753,9 @@ class Ledger(ABC):
         started = time.perf_counter()
         with self._lock:
             problems: list[VerifyProblem] = []
+            # Read before the tables are brought up to date: every record in it is then of an
+            # event this snapshot holds, so a record past the snapshot's end is a cut.
+            kept = self._kept_heads(head, problems)
             try:
                 self._catch_up()
             except LedgerError as exc:  # events the tables do not have yet are damaged
@@ -738,6 +769,12 @@ class Ledger(ABC):
                 else:
                     count, last_seq, last_hash, found = self._exact_verify(self._read_head())
                     problems[:0] = found
+                for what, seq, digest in kept:
+                    problem = self._kept_head_problem(what, seq, digest, last_seq)
+                    if problem is not None:
+                        problems.append(VerifyProblem(seq=seq, problem=problem))
+                runs, run_problems = self._derived_problems(MAX_PROBLEMS)
+                problems += run_problems
             finally:
                 self._rollback()
         return VerifyReport(
@@ -746,8 +783,75 @@ class Ledger(ABC):
             head_seq=last_seq,
             head_hash=last_hash,
             problems=problems,
+            runs=runs,
+            anchor=str(self._anchor.path) if self._anchor is not None else None,
+            anchored=sorted({seq for _, seq, _ in kept}),
             seconds=time.perf_counter() - started,
         )
+
+    def _kept_heads(
+        self, head: tuple[int, str] | None, problems: list[VerifyProblem]
+    ) -> list[tuple[str, int, str]]:
+        """(where it was kept, seq, hash) of each head to check the chain against."""
+        kept: list[tuple[str, int, str]] = []
+        if self._anchor is not None:
+            state = anchors.read(self._anchor.path)
+            if state.damaged:
+                problems.append(VerifyProblem(seq=None, problem=state.damaged))
+            for name, record in (("first", state.first), ("last", state.last)):
+                if record is not None and (not kept or kept[-1][1:] != record):
+                    kept.append((f"the {name} record of the anchor file {state.path}", *record))
+        if head is not None:
+            kept.append(("the head you gave", *head))
+        return kept
+
+    def _kept_head_problem(self, what: str, seq: int, digest: str, last_seq: int) -> str | None:
+        if seq == 0:
+            return (
+                None
+                if digest == GENESIS_HASH
+                else f"{what} is seq 0 with a hash that is not genesis"
+            )
+        if seq > last_seq:
+            return (
+                f"{what} is seq {seq}, but the ledger ends at seq {last_seq}: events were cut "
+                "from the end (the head may have been edited to hide it)"
+            )
+        row = self._execute("SELECT hash FROM ledger_events WHERE seq = ?", (seq,)).fetchone()
+        if row is None or row[0] != digest:
+            return (
+                f"{what} is seq {seq} with hash {digest}, but the ledger's event {seq} has "
+                f"{'none' if row is None else 'hash ' + str(row[0])}: the chain was rewritten "
+                "(re-hashed) at or before that event"
+            )
+        return None
+
+    def _derived_problems(self, limit: int) -> tuple[int, list[VerifyProblem]]:
+        """Replay the run events into the runs and tags tables and compare (see replay.py)."""
+        from framework.ledger.replay import derived_problems
+
+        order = self._code_point_order
+        cursors = [
+            self._scan_cursor(f"ledger_verify_{name}") for name in ("events", "runs", "tags")
+        ]
+        try:
+            events, runs, tags = cursors
+            events.execute(
+                "SELECT run_id, seq, body FROM ledger_events WHERE run_id IS NOT NULL "
+                f"ORDER BY run_id{order}, seq"
+            )
+            runs.execute(
+                "SELECT run_id, experiment, state, session_id, submitted_at, first_seq, last_seq, "
+                f"doc FROM ledger_runs ORDER BY run_id{order}"
+            )
+            tags.execute(
+                "SELECT run_id, tag, first_seq FROM ledger_run_tags "
+                f"ORDER BY run_id{order}, tag{order}, first_seq"
+            )
+            return derived_problems(events, runs, tags, limit)
+        finally:
+            for cursor in cursors:
+                cursor.close()
 
     def _chain_intact(self) -> tuple[int, int, str] | None:
         """(events, last seq, last hash) if every body hashes to its hash, seqs run 1, 2, 3, ...
@@ -891,19 +995,28 @@ def _event_from_row(body: bytes, digest: str) -> LedgerEvent:
     )
 
 
-def open_ledger(url: str) -> Ledger:
+def open_ledger(url: str, state_dir: Path | None = None) -> Ledger:
     """Open (creating if needed) the ledger at ``url``: ``sqlite:///abs/path.sqlite`` (optionally
-    ``?sync=full``, see ``framework.ledger.sqlite``) or ``postgresql://user@host/dbname``."""
+    ``?sync=full``, see ``framework.ledger.sqlite``) or ``postgresql://user@host/dbname``.
+
+    Its anchor (anchor.py) is the file beside an SQLite database; a PostgreSQL ledger is anchored
+    in ``state_dir`` (without one, it is not anchored)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
+    ledger: Ledger
     if scheme == "sqlite":
         from framework.ledger.sqlite import SqliteLedger
 
-        return SqliteLedger.open(url)
-    if scheme in ("postgresql", "postgres"):
+        ledger = SqliteLedger.open(url)
+    elif scheme in ("postgresql", "postgres"):
         from framework.ledger.postgres import PostgresLedger
 
-        return PostgresLedger.open(url)
-    raise LedgerError(
-        f"ledger URL {url!r} is not supported: use sqlite:///ABSOLUTE/PATH.sqlite or "
-        "postgresql://USER@HOST/DBNAME (set ledger.url in config.toml, or AR_LEDGER__URL)"
-    )
+        ledger = PostgresLedger.open(url)
+    else:
+        raise LedgerError(
+            f"ledger URL {url!r} is not supported: use sqlite:///ABSOLUTE/PATH.sqlite or "
+            "postgresql://USER@HOST/DBNAME (set ledger.url in config.toml, or AR_LEDGER__URL)"
+        )
+    path = anchors.anchor_path(url, state_dir)
+    if path is not None:
+        ledger.anchor_to(path)
+    return ledger

@@ -220,15 +220,18 @@ def sessions_list(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sessions in {store.root}")
+    from framework.textsafe import cell
+
+    table = Table(title=cell(f"sessions in {store.root}"))
     for column in ("id", "tool", "runtime", "started", "duration", "exit", "transcripts"):
         table.add_column(column)
     for r in records:
         duration = f"{(r.ended_at - r.started_at).total_seconds():.0f}s" if r.ended_at else "-"
+        # A record is read back from the state dir: its text fields are printed escaped.
         table.add_row(
-            r.id,
-            r.tool,
-            r.runtime,
+            cell(r.id),
+            cell(r.tool),
+            cell(r.runtime),
             r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             duration,
             "-" if r.exit_code is None else str(r.exit_code),

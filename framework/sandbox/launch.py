@@ -57,6 +57,10 @@ MAX_PROMPT_BYTES = 1 << 20
 SANDBOX_PATH = "/home/agent/.local/bin:/opt/uv/bin:/usr/local/bin:/usr/bin:/bin"
 CLIENT_BIN_DIR = Path("/opt/agentic-researcher/bin")
 """Where the broker's client (``remote-run``) is mounted inside, first on PATH."""
+BROKER_SOCKET = Path("/opt/agentic-researcher/broker.sock")
+"""Where the broker's socket is mounted inside: a read-only bind of the socket alone, in a
+directory the agent cannot write (bwrap: the read-only root; containers: root's, and the agent
+never is root)."""
 DOCKER_SOCKETS = (Path("/var/run/docker.sock"), Path("/run/docker.sock"))
 
 
@@ -228,7 +232,7 @@ def launch(
         env["AR_SESSION_ID"] = record.id
         forwards = _network(session, network, settings, request.model_endpoint, egress_hosts, env)
         if request.broker:
-            mounts += _broker(session, root, settings, record.id, env, owner)
+            mounts += _broker(session, root, settings, record.id, env)
         spec = SandboxSpec(
             argv=argv,
             image=settings.sandbox.image,
@@ -254,7 +258,7 @@ def launch(
         if request.record_in_ledger:
             from framework.ledger import open_ledger
 
-            session.ledger = open_ledger(workspace.ledger_url)
+            session.ledger = open_ledger(workspace.ledger_url, workspace.state_dir)
         store.save(record)
         _record_event(session, "session_started", record)
         started = True
@@ -492,7 +496,9 @@ def _network(
     session.bridge_dir = bridge
     shutil.copyfile(FORWARDER, bridge / "forward.py")
     proxy = EgressProxy(
-        allowlist=list(settings.sandbox.network_allowlist), hosts=egress_hosts or {}
+        allowlist=list(settings.sandbox.network_allowlist),
+        ports=frozenset(settings.sandbox.network_ports),
+        hosts=egress_hosts or {},
     )
     session.proxy = proxy
     forwards = [PortForward(port=PROXY_PORT, socket=proxy.serve_proxy(bridge / "proxy.sock"))]
@@ -511,27 +517,19 @@ def _network(
 
 
 def _broker(
-    session: _Session,
-    root: Path,
-    settings: Settings,
-    session_id: str,
-    env: dict[str, str],
-    owner: tuple[int, int],
+    session: _Session, root: Path, settings: Settings, session_id: str, env: dict[str, str]
 ) -> list[BindMount]:
-    from framework.dispatch.broker import start_broker
+    from framework.dispatch.broker import SOCKET_ENV, start_broker
 
     handle = start_broker(root, settings, session_id)
     session.broker = handle
-    env.update(handle.env)
+    env[SOCKET_ENV] = str(BROKER_SOCKET)
     env["PATH"] = f"{CLIENT_BIN_DIR}:{env['PATH']}"
-    channel = Path(handle.channel_path)
     client = Path(handle.client_path)
-    if os.getuid() == 0:
-        # The channel is 0700: it must belong to the host uid the agent maps to.
-        for path in [channel, *channel.iterdir()]:
-            os.lchown(path, *owner)
     return [
-        BindMount(source=channel, target=channel, read_only=False),
+        # The socket alone, read-only, in a directory the agent cannot write: it can connect but
+        # not rename, replace or shadow it, and the host's channel directory stays out of reach.
+        BindMount(source=handle.socket_path, target=BROKER_SOCKET, read_only=True),
         BindMount(source=client, target=CLIENT_BIN_DIR / client.name, read_only=True),
     ]
 
@@ -544,8 +542,13 @@ def _render(settings: Settings, tool: str, root: Path, home: Path, owner: tuple[
         report = sync_methodology(root, settings, tool)
     except InitError as exc:
         raise SandboxError(f"cannot render the methodology for {tool}: {exc}") from None
-    for path in report.kept:
-        print(f"methodology: kept your edited {path} (init --force replaces it)", file=sys.stderr)
+    from framework.textsafe import one_line
+
+    for path in report.kept:  # a name in the workspace: the agent's to choose
+        print(
+            f"methodology: kept your edited {one_line(path)} (init --force replaces it)",
+            file=sys.stderr,
+        )
     if tool == "codex":
         # Codex reads custom prompts only from $CODEX_HOME/prompts, which is the agent home here.
         # Both trees are the agent's: read and write through no link (a planted prompt link

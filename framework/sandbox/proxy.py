@@ -2,7 +2,9 @@
 
 The sandbox (network policy ``allowlist``) has no route out; the in-sandbox forwarder turns its
 loopback ports into connections to these sockets. The proxy speaks HTTP ``CONNECT`` (HTTPS and
-any TLS) and plain absolute-URI HTTP, and lets through only hosts on the allowlist. It resolves
+any TLS) and plain absolute-URI HTTP, and lets through only hosts on the allowlist, on the allowed
+ports only (443 unless the settings say otherwise: an allowlisted name is no licence to reach its
+SSH, database or mail ports). It resolves
 names itself and refuses loopback, private and link-local destinations, so an allowlisted name
 whose DNS points inside the host's network (rebinding) leads nowhere.
 
@@ -71,6 +73,7 @@ class EgressProxy:
     """Allowlisting HTTP proxy plus optional TCP bridges, run on a background event loop."""
 
     allowlist: list[str]
+    ports: frozenset[int] = frozenset({443})
     hosts: Mapping[str, str] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -158,6 +161,10 @@ class EgressProxy:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
         if not host_allowed(host, self.allowlist):
             self.decisions.append(Decision(host, port, False, "not on the allowlist"))
+            return "403 Forbidden"
+        if port not in self.ports:
+            reason = f"port {port} is not in sandbox.network_ports"
+            self.decisions.append(Decision(host, port, False, reason))
             return "403 Forbidden"
         try:
             address = await self._resolve(host, port)

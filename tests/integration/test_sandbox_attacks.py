@@ -554,6 +554,7 @@ print(json.dumps({{
 """,
         network="allowlist",
         network_allowlist=["allowed.test"],
+        network_ports=[allowed, denied],
         egress_hosts={"allowed.test": "127.0.0.1", "denied.test": "127.0.0.1"},
     )
     assert seen["http_allowed"] == "hello from allowed"
@@ -565,6 +566,32 @@ print(json.dumps({{
     assert seen["dns_other"] is False and seen["dns_allowed"] is False
     assert loopback_servers["denied"].hits == []
     assert sorted(loopback_servers["allowed"].hits) == ["/plain", "/tunnel"]
+
+
+def test_proxy_lets_an_allowlisted_host_through_on_allowed_ports_only(
+    tmp_path: Path, workspace: Path, runtime: str, loopback_servers: dict
+) -> None:
+    """``CONNECT allowed-host:<any port>`` used to pass: an allowlisted name reached every service
+    it runs. By default only 443 is let through; other ports must be listed in the settings."""
+    port = loopback_servers["allowed"].server_address[1]
+    _, seen = attack(
+        tmp_path,
+        workspace,
+        runtime,
+        NET_PROBE
+        + f"""
+print(json.dumps({{
+    "connect": connect_tunnel("allowed.test", {port}),
+    "http": via_proxy("http://allowed.test:{port}/plain"),
+}}))
+""",
+        network="allowlist",
+        network_allowlist=["allowed.test"],
+        egress_hosts={"allowed.test": "127.0.0.1"},
+    )
+    assert "403" in seen["connect"]
+    assert seen["http"] == "error: 403"
+    assert loopback_servers["allowed"].hits == []
 
 
 def test_network_allowlist_bridges_exactly_the_model_endpoint(

@@ -64,7 +64,9 @@ def test_proxy_refuses_unlisted_hosts_and_dns_that_points_inside(tmp_path: Path)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    proxy = EgressProxy(allowlist=["ok.test", "localhost"], hosts={"ok.test": "127.0.0.1"})
+    proxy = EgressProxy(
+        allowlist=["ok.test", "localhost"], ports=frozenset({port}), hosts={"ok.test": "127.0.0.1"}
+    )
     path = proxy.serve_proxy(tmp_path / "p.sock")
     try:
         ok = _ask(
@@ -79,10 +81,14 @@ def test_proxy_refuses_unlisted_hosts_and_dns_that_points_inside(tmp_path: Path)
         assert rebound.startswith(b"HTTP/1.1 502")
         garbage = _ask(path, b"NONSENSE\r\n\r\n")
         assert garbage.startswith(b"HTTP/1.1 400")
+        # Allowlisted, but on a port that is not allowed: refused before any connection.
+        other_port = _ask(path, f"CONNECT ok.test:{port + 1} HTTP/1.1\r\n\r\n".encode())
+        assert other_port.startswith(b"HTTP/1.1 403")
         assert [(d.host, d.allowed) for d in proxy.decisions] == [
             ("ok.test", True),
             ("other.test", False),
             ("localhost", False),
+            ("ok.test", False),
         ]
     finally:
         proxy.stop()
@@ -248,3 +254,51 @@ def test_detached_sessions_cannot_outlive_their_proxy_or_broker(tmp_path: Path) 
         launch(LaunchRequest(runtime="bwrap", **base))
     with pytest.raises(SandboxError, match="detach only with --network none or open"):
         launch(LaunchRequest(runtime="docker", network="allowlist", **base))
+
+
+def test_every_runtime_gets_the_broker_socket_alone_and_read_only(tmp_path: Path) -> None:
+    """The channel directory never reaches a sandbox: bwrap, Docker, Podman and Apptainer are all
+    handed one read-only bind of the socket file, at a path in a directory the agent cannot write."""
+    from framework.dispatch.broker import SOCKET_ENV
+    from framework.sandbox.apptainer import ApptainerRuntime
+    from framework.sandbox.bwrap import BwrapRuntime
+    from framework.sandbox.docker import container_config
+    from framework.sandbox.launch import BROKER_SOCKET, _broker, _Session
+    from framework.sandbox.podman import PodmanRuntime
+    from framework.sandbox.spec import SandboxSpec
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    session, env = _Session(), {"PATH": "/usr/bin"}
+    mounts = _broker(session, workspace, Settings(state_dir=tmp_path / "state"), "s-1", env)
+    try:
+        sock = session.broker.socket_path
+        assert env[SOCKET_ENV] == str(BROKER_SOCKET)
+        (socket_mount,) = [m for m in mounts if m.target == BROKER_SOCKET]
+        assert (socket_mount.source, socket_mount.read_only) == (sock, True)
+        assert all(m.source != sock.parent for m in mounts), (
+            "the channel directory is never mounted"
+        )
+        assert (sock.parent.stat().st_mode & 0o777) == 0o700
+        spec = SandboxSpec(argv=["true"], image="/images/ar.sif", workdir=workspace, mounts=mounts)
+        bwrap = BwrapRuntime().argv(spec, None, tmp_path)
+        assert ["--ro-bind", str(sock), str(BROKER_SOCKET)] == bwrap[
+            bwrap.index(str(sock)) - 1 : bwrap.index(str(sock)) + 2
+        ]
+        docker = container_config(spec, None)["host_config"]["Mounts"]
+        assert {
+            "Target": str(BROKER_SOCKET),
+            "Source": str(sock),
+            "Type": "bind",
+            "ReadOnly": True,
+        }.items() <= next(m for m in docker if m["Target"] == str(BROKER_SOCKET)).items()
+        podman = PodmanRuntime().argv(spec, None)
+        assert f"--mount=type=bind,src={sock},dst={BROKER_SOCKET},ro" in podman
+        apptainer = ApptainerRuntime().argv(spec, None)
+        assert f"--bind={sock}:{BROKER_SOCKET}:ro" in apptainer
+        assert not any(
+            str(sock.parent) in a and str(sock) not in a for a in [*bwrap, *podman, *apptainer]
+        )
+    finally:
+        session.broker.stop()

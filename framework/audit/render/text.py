@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from framework.audit.report import AuditReport
+from framework.textsafe import cell, one_line
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -18,14 +20,20 @@ def duration_text(seconds: float | None) -> str:
 
 
 def render_text(report: AuditReport, console: Console) -> None:
+    """Everything taken from the transcript or the workspace (paths, tool and model names,
+    finding messages that quote commands) is escaped and never read as markup."""
     s = report.summary
     r = report.reader
     counts = report.counts()
     console.print(
-        f"[bold]audit of[/] {report.target}  [dim]({r.format}, {r.bytes_read / 1e6:.1f} MB, {r.events} events)[/]"
+        Text.assemble(
+            ("audit of", "bold"),
+            f" {one_line(report.target)}  ",
+            (f"({r.format}, {r.bytes_read / 1e6:.1f} MB, {r.events} events)", "dim"),
+        )
     )
     if report.session_id:
-        console.print(f"session {report.session_id}")
+        console.print(cell(f"session {report.session_id}"))
     console.print(
         f"duration {duration_text(s.duration_s)} · {s.commands_total} commands ({s.commands_failed} failed) · "
         f"{len(s.files_changed)} files changed · {s.subagents} subagents · {s.compactions} compactions"
@@ -41,17 +49,20 @@ def render_text(report: AuditReport, console: Console) -> None:
         for f in report.findings:
             where = f"{f.event.index}" if f.event else ""
             table.add_row(
-                f"[{STYLE[f.severity.value]}]{f.severity.value}[/]", f.check, where, f.message
+                Text(f.severity.value, style=STYLE[f.severity.value]),
+                cell(f.check),
+                where,
+                cell(f.message),
             )
         console.print(table)
     if s.tools:
         console.print(
-            "tools: " + ", ".join(f"{name} ×{n}" for name, n in list(s.tools.items())[:15])
+            cell("tools: " + ", ".join(f"{name} ×{n}" for name, n in list(s.tools.items())[:15]))
         )
     if s.files_changed:
         shown = ", ".join(f.path for f in s.files_changed[:10])
         more = f" (+{len(s.files_changed) - 10} more)" if len(s.files_changed) > 10 else ""
-        console.print(f"files changed: {shown}{more}")
+        console.print(cell(f"files changed: {shown}{more}"))
     if s.models:
         usage = Table(title="tokens per model", show_header=True, header_style="bold")
         for column in ("model", "input", "output", "cache read", "cache write", "cost (USD, est.)"):
@@ -59,7 +70,7 @@ def render_text(report: AuditReport, console: Console) -> None:
         for m in s.models:
             cost = f"{m.cost_usd:.4f}" if m.cost_usd is not None else "not in price table"
             usage.add_row(
-                m.model,
+                cell(m.model),
                 f"{m.input_tokens:,}",
                 f"{m.output_tokens:,}",
                 f"{m.cache_read_tokens:,}",
@@ -73,8 +84,12 @@ def render_text(report: AuditReport, console: Console) -> None:
             )
     if r.unknown_record_types or r.corrupt_lines or r.truncated_last_line:
         console.print(
-            f"[dim]reader: {r.corrupt_lines} corrupt lines, truncated last line in {r.truncated_last_line or 'none'}, "
-            f"unknown record types {dict(r.unknown_record_types) or 'none'}[/]"
+            cell(
+                f"reader: {r.corrupt_lines} corrupt lines, truncated last line in "
+                f"{r.truncated_last_line or 'none'}, "
+                f"unknown record types {dict(r.unknown_record_types) or 'none'}",
+                style="dim",
+            )
         )
     if report.ledger_error:
-        console.print(f"[yellow]{report.ledger_error}[/]")
+        console.print(cell(report.ledger_error, style="yellow"))
