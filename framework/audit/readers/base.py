@@ -17,9 +17,10 @@ from framework.audit.events import Event
 
 T = TypeVar("T")
 
-DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 """What decoding a line can raise: msgspec raises ``UnicodeDecodeError`` itself, not a
-``DecodeError``, for bytes in a string that are not UTF-8."""
+``DecodeError``, for bytes in a string that are not UTF-8, and ``RecursionError`` for values
+nested deeper than it goes."""
 
 CHUNK_BYTES = 1 << 20
 """Bytes read at a time. Memory stays near this (plus the longest line) whatever the file size; a
@@ -488,6 +489,16 @@ def count(value: object) -> int:
     """A token count from an untyped record: a non-negative int, else 0 (a string, a float, a
     boolean or a nested object in a hostile or damaged file counts nothing)."""
     return value if type(value) is int and value > 0 else 0
+
+
+def text_or_none(value: object) -> str | None:
+    """A string from an untyped record, None for any other type."""
+    return value if isinstance(value, str) else None
+
+
+def list_or_empty(value: object) -> list[Any]:
+    """A list from an untyped record, empty for any other type."""
+    return value if isinstance(value, list) else []
 
 
 def first_str(obj: Any, *keys: str) -> str | None:

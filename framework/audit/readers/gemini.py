@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from framework.audit.events import Event, EventKind, UserKind, clip, parse_timestamp
-from framework.audit.readers.base import ReadState, count, decode_lines
+from framework.audit.readers.base import ReadState, count, decode_lines, list_or_empty, text_or_none
 from framework.audit.readers.tools import tool_call_events
 
 MESSAGE_KEYS = frozenset(
@@ -104,7 +104,7 @@ class GeminiReader:
     def _message(self, msg: dict[str, Any], source: str, state: ReadState) -> Iterator[Event]:
         base: dict[str, Any] = {
             "source": source,
-            "line": msg.get("_line", 0),
+            "line": msg["_line"] if type(msg.get("_line")) is int else 0,
             "ts": parse_timestamp(msg.get("timestamp")),
         }
         kind = msg.get("type")
@@ -142,14 +142,14 @@ class GeminiReader:
             yield Event(
                 kind=EventKind.TOKEN_USAGE,
                 model=model,
-                message_id=msg.get("id"),
+                message_id=text_or_none(msg.get("id")),
                 input_tokens=max(0, count(tokens.get("input")) - cached),
                 cache_read_tokens=cached,
                 output_tokens=count(tokens.get("output")),
                 reasoning_tokens=count(tokens.get("thoughts")),
                 **base,
             )
-        for thought in msg.get("thoughts") or ():
+        for thought in list_or_empty(msg.get("thoughts")):
             if isinstance(thought, dict):
                 t = f"{thought.get('subject', '')}: {thought.get('description', '')}"
                 yield Event(kind=EventKind.THINKING, text=clip(t), text_size=len(t), **base)
@@ -157,10 +157,10 @@ class GeminiReader:
             yield Event(
                 kind=EventKind.ASSISTANT, text=clip(text), text_size=len(text), model=model, **base
             )
-        for call in msg.get("toolCalls") or ():
+        for call in list_or_empty(msg.get("toolCalls")):
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
                 continue
-            call_base = {**base, "call_id": call.get("id"), "model": model}
+            call_base = {**base, "call_id": text_or_none(call.get("id")), "model": model}
             call_base["ts"] = parse_timestamp(call.get("timestamp")) or base["ts"]
             yield from tool_call_events(
                 Event(kind=EventKind.TOOL_CALL, **call_base), call["name"], call.get("args")
@@ -172,7 +172,7 @@ class GeminiReader:
                 failed = status == "error" or exit_code not in (None, 0)
                 yield Event(
                     kind=EventKind.TOOL_RESULT,
-                    call_id=call.get("id"),
+                    call_id=text_or_none(call.get("id")),
                     status="error" if failed else "ok",
                     exit_code=exit_code,
                     output_size=len(output),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.audit.events import Event, EventKind, UserKind, clip, parse_timestamp
-from framework.audit.readers.base import ReadState, count
+from framework.audit.readers.base import ReadState, count, list_or_empty, text_or_none
 from framework.audit.readers.tools import tool_call_events
 
 QUIET_PARTS = frozenset(
@@ -152,7 +152,7 @@ class OpenCodeReader:
             elif ptype == "tool" and isinstance(part.get("tool"), str):
                 yield from self._tool(part, base, model)
             elif ptype == "patch":
-                for file in part.get("files") or ():
+                for file in list_or_empty(part.get("files")):
                     if isinstance(file, str):
                         yield Event(
                             kind=EventKind.FILE_EDIT, tool="patch", path=file, op="edit", **base
@@ -165,7 +165,7 @@ class OpenCodeReader:
     ) -> Iterator[Event]:
         tool_state = _obj(part.get("state"))
         times = _obj(tool_state.get("time"))
-        call_base = {**base, "call_id": part.get("callID"), "model": model}
+        call_base = {**base, "call_id": text_or_none(part.get("callID")), "model": model}
         call_base["ts"] = parse_timestamp(times.get("start")) or base["ts"]
         yield from tool_call_events(
             Event(kind=EventKind.TOOL_CALL, **call_base),
@@ -181,7 +181,7 @@ class OpenCodeReader:
             failed = status == "error" or exit_code not in (None, 0)
             yield Event(
                 kind=EventKind.TOOL_RESULT,
-                call_id=part.get("callID"),
+                call_id=text_or_none(part.get("callID")),
                 status="error" if failed else "ok",
                 exit_code=exit_code,
                 output_size=len(output),
