@@ -259,3 +259,20 @@ def test_an_opencode_storage_file_is_refused_with_what_to_pass_instead(
     path.write_text(json.dumps(record))
     with pytest.raises(TranscriptError, match="pass the storage directory"):
         detect(path)
+
+
+def test_real_claude_stream_json_output_is_read() -> None:
+    """``claude -p --output-format stream-json --verbose`` of Claude Code 2.1.330 playing
+    tests/fixtures/scripts/write-and-run.yaml against the scripted model server."""
+    path = (
+        Path(__file__).resolve().parents[1]
+        / "fixtures/transcripts/real/claude/write-and-run.stream.jsonl"
+    )
+    assert detect(path) == "claude"
+    report = audit(path)
+    assert report.reader.corrupt_lines == 0 and report.reader.unknown_record_types == {}
+    assert report.session_id == report.reader.session_ids[0]
+    assert report.reader.cli_versions == ["2.1.330"]
+    assert report.summary.tools == {"Write": 1, "Bash": 1}
+    (command,) = [e for e in report.timeline if e.kind == EventKind.SHELL_COMMAND]
+    assert command.command == "python3 experiment.py && echo ran-ok"
