@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+import zstandard
 
 from framework.audit.checks import CHECKS, AuditConfig, CheckContext, Checker
 from framework.audit.events import Event, EventRecord
@@ -29,6 +32,15 @@ from framework.audit.summary import SummaryBuilder
 from framework.config import Settings
 from framework.workspace import Workspace
 
+UNREADABLE: tuple[type[BaseException], ...] = (
+    OSError,  # permission, I/O error, a file replaced by a directory or removed while read
+    sqlite3.DatabaseError,  # a truncated, damaged or hostile OpenCode database
+    UnicodeDecodeError,
+    RecursionError,  # JSON nested deeper than the decoder goes
+    zstandard.ZstdError,  # a damaged .zst frame
+)
+"""What reading a hostile or damaged transcript can raise, whatever the reader. Anything else
+is a bug of the audit (exit code 3)."""
 TIMELINE_HEAD = 2000
 TIMELINE_TAIL = 1000
 SESSION_FILE = "session.json"
@@ -164,14 +176,20 @@ def run_audit(
     index = 0
     check, summarize, keep = checker.observe, summary.observe, head.append
     for file, fmt in zip(source.files, source.formats, strict=True):
-        for event in read_events(file, fmt, state):
-            event.index = index
-            index += 1
-            check(event)
-            summarize(event)
-            keep(event)
-            if index == TIMELINE_HEAD:
-                keep = tail.append
+        lines_before = state.lines
+        try:
+            for event in read_events(file, fmt, state):
+                event.index = index
+                index += 1
+                check(event)
+                summarize(event)
+                keep(event)
+                if index == TIMELINE_HEAD:
+                    keep = tail.append
+        except UNREADABLE as exc:
+            # what was read stays in the report; the rest of this file is a finding, not a crash
+            line = event_line(head, tail, file) if state.lines == lines_before else state.lines
+            state.cannot_read(file.name, line, _why(exc))
     state.events = index
     state.format = "+".join(sorted(set(source.formats)))
     stats = state.freeze()
@@ -183,7 +201,7 @@ def run_audit(
     timeline = [kept[i] for i in sorted(kept)]
     return AuditReport(
         target=source.label,
-        session_id=source.session_id,
+        session_id=source.session_id or (stats.session_ids[0] if stats.session_ids else None),
         workspace=str(workspace_root),
         reader=stats,
         summary=summary.build(),
@@ -196,8 +214,24 @@ def run_audit(
     )
 
 
+def event_line(head: list[Event], tail: deque[Event], file: Path) -> int:
+    """The line of the last event read from ``file``: where reading it stopped (0: none)."""
+    for event in reversed((*head, *tail)):
+        if event.source == file.name:
+            return event.line
+    return 0
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _unreadable(stats: ReaderStats) -> str | None:
     parts = []
+    if stats.unreadable:
+        parts.append("could not be read to the end: " + "; ".join(stats.unreadable[:5]))
     if stats.corrupt_lines:
         parts.append(
             f"{stats.corrupt_lines} corrupt line(s) skipped (e.g. {stats.corrupt_examples[0]})"

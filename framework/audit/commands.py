@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+INTERNAL_ERROR = 3
+"""Exit codes: 0 a report, 1 ``--fail-on`` reached, 2 bad input, 3 an internal error."""
+
 
 class OutputFormat(StrEnum):
     text = "text"
@@ -102,6 +105,12 @@ def audit(
         )
     except (TranscriptError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except Exception as exc:  # a bug of the audit, never of the input: exit 3, not 1 (--fail-on)
+        raise fail(
+            f"internal error of the audit ({type(exc).__name__}: {exc}); please report it as a "
+            "bug with the command line and, if you can share it, the transcript",
+            code=INTERNAL_ERROR,
+        ) from None
 
     if output_format is OutputFormat.text:
         from framework.audit.render.text import render_text

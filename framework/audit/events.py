@@ -37,6 +37,18 @@ class EventKind(StrEnum):
     ERROR = "error"
 
 
+class UserKind(StrEnum):
+    """What a user-role entry is. Only ``PROMPT`` is something the person typed; the CLIs write
+    the others with the same role (see docs/audit.md, "Conventions")."""
+
+    PROMPT = "prompt"
+    SLASH_COMMAND = "slash_command"
+    COMMAND_OUTPUT = "command_output"
+    INTERRUPT = "interrupt"
+    META = "meta"
+    SIDECHAIN = "sidechain"
+
+
 class Kinds:
     """The members of :class:`EventKind` as plain class attributes, for code that runs per event:
     ``EventKind.USER`` goes through the enum metaclass's attribute hook (about 0.13 µs in CPython
@@ -87,6 +99,8 @@ class Event(msgspec.Struct, kw_only=True, gc=False, array_like=True):
     output_size: int = 0
     model: str | None = None
     message_id: str | None = None
+    request_id: str | None = None
+    user_kind: UserKind | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -127,6 +141,8 @@ class EventRecord(BaseModel):
     output_size: int = 0
     model: str | None = None
     message_id: str | None = None
+    request_id: str | None = None
+    user_kind: UserKind | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from framework.audit.events import Event, Kinds
+from framework.audit.events import Event, Kinds, UserKind
 
 MAX_COMMANDS = 500
 TOKEN_FIELDS = (
@@ -56,6 +56,10 @@ class Summary(BaseModel):
     ended: float | None = None
     subagents: int = 0
     compactions: int = 0
+    prompts: int = Field(default=0, description="user entries the person typed (see docs/audit.md)")
+    user_entries: dict[str, int] = Field(
+        default_factory=dict, description="user entries by kind: prompt, slash_command, ..."
+    )
 
     @property
     def duration_s(self) -> float | None:
@@ -95,6 +99,7 @@ class SummaryBuilder:
         self.started: float | None = None
         self.ended: float | None = None
         self.shell_ids: set[str] = set()
+        self.user_kinds: dict[str, int] = {}
 
     def observe(self, event: Event) -> None:
         kind = event.kind
@@ -128,6 +133,9 @@ class SummaryBuilder:
                 counts[0] += 1
                 if event.op and event.op not in ops:
                     ops.append(event.op)
+        elif kind is Kinds.USER:
+            sort = event.user_kind or UserKind.PROMPT
+            self.user_kinds[sort] = self.user_kinds.get(sort, 0) + 1
         elif kind is Kinds.TOKEN_USAGE:
             name = event.model or "(unknown model)"
             usage = self.usage.get(name)
@@ -177,4 +185,6 @@ class SummaryBuilder:
             ended=self.ended,
             subagents=self.kinds.get(Kinds.SUBAGENT_START, 0),
             compactions=self.kinds.get(Kinds.COMPACTION, 0),
+            prompts=self.user_kinds.get(UserKind.PROMPT, 0),
+            user_entries={str(k): v for k, v in sorted(self.user_kinds.items())},
         )

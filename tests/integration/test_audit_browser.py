@@ -155,3 +155,57 @@ def test_screenshot_is_not_blank(report_page: Path, tmp_path: Path) -> None:
     variance = sum((v - mean) ** 2 for v in sample) / len(sample)
     assert variance > 100, f"screenshot looks blank (variance {variance:.1f})"
     assert len(set(sample)) > 20
+
+
+def test_token_chart_draws_each_models_bars_on_that_models_row(tmp_path: Path) -> None:
+    """Each model's segments (input, cache read, cache write, output) lie on its own row, the
+    row of its label: the chart once took the row from the inner loop's index."""
+    import json
+    import re
+
+    lines = []
+    for n, model in enumerate(["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"]):
+        usage = {
+            "input_tokens": 100 * (n + 1),
+            "output_tokens": 50,
+            "cache_read_input_tokens": 400,
+            "cache_creation_input_tokens": 30,
+        }
+        message = {
+            "id": f"m{n}",
+            "role": "assistant",
+            "model": model,
+            "usage": usage,
+            "content": [{"type": "text", "text": "ok"}],
+        }
+        lines.append(
+            json.dumps(
+                {
+                    "type": "assistant",
+                    "sessionId": "s",
+                    "parentUuid": None,
+                    "requestId": f"r{n}",
+                    "message": message,
+                }
+            )
+        )
+    transcript = tmp_path / "s.jsonl"
+    transcript.write_text("\n".join(lines) + "\n")
+    page = tmp_path / "audit.html"
+    page.write_text(render_html(run_audit(resolve(str(transcript)), Settings(), tmp_path)))
+    dom = browse(page, tmp_path / "profile", "--dump-dom").stdout
+    svg = dom[dom.index('aria-label="tokens per model"') :]
+    svg = svg[: svg.index("</svg>")]
+    rows: dict[str, set[str]] = {}
+    for model, y in re.findall(
+        r'<rect class="bar" data-model="([^"]+)" x="[^"]+" y="([^"]+)"', svg
+    ):
+        rows.setdefault(model, set()).add(y)
+    labels = dict(re.findall(r'<text x="0" y="([^"]+)" font-size="12">([^<]+)</text>', svg))
+    assert len(rows) == 3 and all(len(ys) == 1 for ys in rows.values()), rows
+    for label_y, model in labels.items():
+        (bar_y,) = rows[model]
+        assert float(bar_y) + 12 == float(label_y), (model, bar_y, label_y)
+    shot = tmp_path / "chart.png"
+    browse(page, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1000,1400")
+    assert shot.is_file()

@@ -17,6 +17,11 @@ from framework.audit.events import Event
 
 T = TypeVar("T")
 
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What decoding a line can raise: msgspec raises ``UnicodeDecodeError`` itself, not a
+``DecodeError``, for bytes in a string that are not UTF-8, and ``RecursionError`` for values
+nested deeper than it goes."""
+
 CHUNK_BYTES = 1 << 20
 """Bytes read at a time. Memory stays near this (plus the longest line) whatever the file size; a
 chunk small enough to stay in the CPU cache is faster to split than a larger one."""
@@ -44,6 +49,17 @@ class ReaderStats(BaseModel):
     truncated_last_line: list[str] = []
     unknown_record_types: dict[str, int] = {}
     unknown_fields: dict[str, list[str]] = {}
+    unreadable: list[str] = []
+    """``file:line: why`` for each file that could not be read to its end (permission, I/O error,
+    bytes that are not UTF-8 where the format needs text, a damaged database)."""
+    session_ids: list[str] = []
+    cli_versions: list[str] = []
+    cwds: list[str] = []
+
+
+SESSION_FACTS = ("session_ids", "cli_versions", "cwds")
+MAX_FACT_VALUES = 20
+"""Distinct values kept of each session fact: a resumed session has a few, a hostile file many."""
 
 
 @dataclass
@@ -63,7 +79,28 @@ class ReadState:
     truncated_last_line: list[str] = field(default_factory=list)
     unknown_record_types: dict[str, int] = field(default_factory=dict)
     unknown_fields: dict[str, list[str]] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    session_ids: list[str] = field(default_factory=list)
+    cli_versions: list[str] = field(default_factory=list)
+    cwds: list[str] = field(default_factory=list)
     _checked_shapes: set[str] = field(default_factory=set)
+
+    def fact(self, name: str, value: object) -> None:
+        """Remember a session fact (``session_ids``, ``cli_versions``, ``cwds``) read from a record,
+        in order of first appearance."""
+        values: list[str] = getattr(self, name)
+        if (
+            isinstance(value, str)
+            and value
+            and value not in values
+            and len(values) < MAX_FACT_VALUES
+        ):
+            values.append(value[:300])
+
+    def cannot_read(self, source: str, line: int, why: str) -> None:
+        """The rest of ``source`` could not be read (from ``line``; 0: the file as a whole)."""
+        if len(self.unreadable) < 100:
+            self.unreadable.append(f"{source}:{line}: {why[:300]}")
 
     def corrupt(self, source: str, line: int, why: str) -> None:
         self.corrupt_lines += 1
@@ -81,7 +118,7 @@ class ReadState:
         self._checked_shapes.add(shape)
         try:
             obj = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return
         if isinstance(obj, dict):
             extra = sorted(k for k in obj if k not in known)
@@ -106,6 +143,10 @@ class ReadState:
             if shape not in self._checked_shapes:
                 self.unknown_fields[shape] = extra
         self._checked_shapes |= part._checked_shapes
+        self.unreadable.extend(part.unreadable)
+        for name in SESSION_FACTS:
+            for value in getattr(part, name):
+                self.fact(name, value)
 
     def freeze(self) -> ReaderStats:
         return ReaderStats(
@@ -121,6 +162,10 @@ class ReadState:
             truncated_last_line=self.truncated_last_line,
             unknown_record_types=dict(self.unknown_record_types),
             unknown_fields=self.unknown_fields,
+            unreadable=self.unreadable,
+            session_ids=self.session_ids,
+            cli_versions=self.cli_versions,
+            cwds=self.cwds,
         )
 
 
@@ -226,7 +271,7 @@ def decode_lines(
             continue
         try:
             record = decode(line)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             _undecodable(state, source, number, line, last, exc, unused)
             continue
         state.records += 1
@@ -239,12 +284,14 @@ def _undecodable(
     number: int,
     line: Line,
     last: bool,
-    error: msgspec.DecodeError,
+    error: Exception,
     unused: Callable[[Line], bool] | None,
 ) -> None:
     """Count a line the decoder refused: skipped (a record type the reader ignores), a cut-off last
     line, or corrupt."""
-    if isinstance(error, msgspec.ValidationError):
+    if isinstance(error, UnicodeDecodeError):
+        state.corrupt(source, number, f"not UTF-8 text: {error}")
+    elif isinstance(error, msgspec.ValidationError):
         if unused is not None and unused(line):
             state.records += 1
             state.skipped_lines += 1
@@ -388,7 +435,7 @@ def decode_records(
         if block.regular and not last:
             try:
                 records = decode_block(block.view)
-            except msgspec.DecodeError:
+            except DECODE_ERRORS:
                 records = None
             if records is not None and len(records) == block.lines:
                 state.records += len(records)
@@ -404,12 +451,12 @@ def decode_records(
                 continue
             try:
                 records.append(decode(line))
-            except msgspec.DecodeError as exc:
+            except DECODE_ERRORS as exc:
                 error = exc
                 if fallback is not None:
                     try:
                         records.append(fallback.decode(line))
-                    except msgspec.DecodeError as again:
+                    except DECODE_ERRORS as again:
                         error = again
                     else:
                         numbers.append(first + offset)
@@ -436,6 +483,22 @@ class RecentIds:
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
         return True
+
+
+def count(value: object) -> int:
+    """A token count from an untyped record: a non-negative int, else 0 (a string, a float, a
+    boolean or a nested object in a hostile or damaged file counts nothing)."""
+    return value if type(value) is int and value > 0 else 0
+
+
+def text_or_none(value: object) -> str | None:
+    """A string from an untyped record, None for any other type."""
+    return value if isinstance(value, str) else None
+
+
+def list_or_empty(value: object) -> list[Any]:
+    """A list from an untyped record, empty for any other type."""
+    return value if isinstance(value, list) else []
 
 
 def first_str(obj: Any, *keys: str) -> str | None:

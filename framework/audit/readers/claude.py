@@ -1,23 +1,28 @@
-"""Claude Code transcripts: ``~/.claude/projects/<slug>/<session>.jsonl`` (+ ``<session>/subagents/``).
+"""Claude Code transcripts: ``~/.claude/projects/<slug>/<session>.jsonl`` (+ ``<session>/subagents/``),
+and the ``--output-format stream-json`` output of ``claude -p``.
 
 One JSON object per line. ``type`` is ``user``, ``assistant``, ``system`` (e.g. subtype
-``compact_boundary``), ``summary`` or bookkeeping (``file-history-snapshot``, ``queue-operation``).
-An assistant API message is written as one line per content block, each repeating the message's
-``id`` and ``usage``: usage is counted once per message id.
+``compact_boundary``; in stream-json ``init``), ``summary``, stream-json's ``result``, or
+bookkeeping (``file-history-snapshot``, ``queue-operation``, ...). An assistant API message is
+written as one line per content block, each repeating the message's ``id`` and ``usage``, with a
+placeholder ``output_tokens`` on the early blocks, and two API calls (``requestId``) can share a
+message id: usage is counted once per ``(message.id, requestId)``, the largest value of each field
+(:class:`MessageUsage`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
-from framework.audit.events import Event, EventKind, clip, parse_timestamp
-from framework.audit.readers.base import Line, ReadState, RecentIds, decode_lines
+from framework.audit.events import Event, EventKind, UserKind, clip, parse_timestamp
+from framework.audit.readers.base import DECODE_ERRORS, Line, ReadState, decode_lines
 from framework.audit.readers.tools import tool_call_events
 
 BOOKKEEPING_TYPES = frozenset(
@@ -34,7 +39,8 @@ KNOWN_TOP_LEVEL = frozenset(
         "isMeta", "level", "cwd", "version", "gitBranch", "userType", "requestId", "toolUseResult",
         "compactMetadata", "isVisibleInTranscriptOnly", "slug", "thinkingMetadata", "todos",
         "messageId", "snapshot", "isSnapshotUpdate", "operation", "sourceToolUseID", "toolUseID",
-        "isApiErrorMessage", "error", "permissionMode",
+        "isApiErrorMessage", "error", "permissionMode", "session_id", "parent_tool_use_id",
+        "claude_code_version", "model", "tools", "mcp_servers", "apiKeySource",
     }
 )  # fmt: skip
 
@@ -69,6 +75,15 @@ class Message(msgspec.Struct, gc=False):
 class Record(msgspec.Struct, gc=False):
     type: str = ""
     isSidechain: bool | None = None
+    sessionId: str | None = None
+    session_id: str | None = None
+    """stream-json's name for ``sessionId``."""
+    version: str | None = None
+    claude_code_version: str | None = None
+    cwd: str | None = None
+    requestId: str | None = None
+    parent_tool_use_id: str | None = None
+    """stream-json: set on the messages of a sub-agent (the Task call it runs under)."""
     agentId: str | None = None
     timestamp: str | None = None
     message: Message | None = None
@@ -81,6 +96,7 @@ class Record(msgspec.Struct, gc=False):
 
 
 _decoder = msgspec.json.Decoder(Record)
+SESSION_IDS, CLI_VERSIONS, CWDS = "session_ids", "cli_versions", "cwds"
 
 
 class _Head(msgspec.Struct, gc=False):
@@ -119,28 +135,51 @@ def _unused(line: Line) -> bool:
     """A record that does not fit :class:`Record` but is bookkeeping is skipped, not corrupt."""
     try:
         return _head.decode(line).type in BOOKKEEPING_TYPES
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return False
 
 
 class MessageUsage:
-    """Counts each API message's usage once, when a transcript is read in segments. Claude Code
-    writes a message as one line per content block, each repeating the message's ``usage``; a
-    reader of the whole file counts the first line of each message id it sees (:class:`RecentIds`).
-    A segment is read without knowing the ids before it, so it yields the usage of every line,
-    and :meth:`settle_range`, run on the segments in file order, keeps what reading the whole file
-    would have kept."""
+    """Counts each API call's usage once: per ``(message.id, requestId)``, the largest value of
+    each field seen on any of its lines. The reader yields the usage of every line that carries
+    one; :meth:`settle` turns them, in file order, into the growth over what that call has already
+    counted (the first line: all of it), dropping lines that add nothing. The sum of a call's
+    events is then its largest value per field, whichever of its lines holds it, and the result
+    is the same whether the file is read in one go or in segments (:meth:`settle_range`). The
+    last 4096 calls are remembered, so memory stays flat."""
 
-    def __init__(self) -> None:
-        self.counted = RecentIds()
+    def __init__(self, size: int = 4096) -> None:
+        self.seen: OrderedDict[tuple[str, str | None], tuple[int, int, int, int]] = OrderedDict()
+        self.size = size
+
+    def settle(self, events: Iterable[Event]) -> Iterator[Event]:
+        usage, seen = EventKind.TOKEN_USAGE, self.seen
+        for event in events:
+            if event.kind is not usage or event.message_id is None:
+                yield event
+                continue
+            key = (event.message_id, event.request_id)
+            line = (
+                event.input_tokens,
+                event.output_tokens,
+                event.cache_read_tokens,
+                event.cache_write_tokens,
+            )
+            before = seen.get(key, (0, 0, 0, 0))
+            most = tuple(max(a, b) for a, b in zip(before, line, strict=True))
+            if most == before and key in seen:
+                continue
+            seen[key] = most  # type: ignore[assignment]
+            seen.move_to_end(key)
+            if len(seen) > self.size:
+                seen.popitem(last=False)
+            grown = [a - b for a, b in zip(most, before, strict=True)]
+            event.input_tokens, event.output_tokens = grown[0], grown[1]
+            event.cache_read_tokens, event.cache_write_tokens = grown[2], grown[3]
+            yield event
 
     def settle_range(self, events: list[Event], carry: None) -> Iterator[Event]:
-        usage, counted = EventKind.TOKEN_USAGE, self.counted
-        for event in events:
-            message = event.message_id
-            if event.kind is usage and message is not None and not counted.add(message):
-                continue
-            yield event
+        return self.settle(events)
 
 
 class ClaudeReader:
@@ -148,7 +187,7 @@ class ClaudeReader:
     carry_type = type(None)
 
     def events(self, path: Path, state: ReadState) -> Iterator[Event]:
-        yield from self._file(path, state, agent=None, counted=RecentIds())
+        yield from MessageUsage().settle(self._file(path, state, agent=None))
         yield from self.companions(path, state)
 
     def companions(self, path: Path, state: ReadState) -> Iterator[Event]:
@@ -160,7 +199,7 @@ class ClaudeReader:
                 yield Event(
                     kind=EventKind.SUBAGENT_START, agent=agent, source=sub.name, sidechain=True
                 )
-                yield from self._file(sub, state, agent=agent, counted=RecentIds())
+                yield from MessageUsage().settle(self._file(sub, state, agent=agent))
                 yield Event(
                     kind=EventKind.SUBAGENT_END, agent=agent, source=sub.name, sidechain=True
                 )
@@ -170,7 +209,7 @@ class ClaudeReader:
     ) -> tuple[list[Event], None]:
         """The events of the lines between two line starts of a session transcript (not its
         subagents), with the usage of every line (see :class:`MessageUsage`)."""
-        events = self._file(path, state, agent=None, counted=None, start=start, end=end)
+        events = self._file(path, state, agent=None, start=start, end=end)
         return list(events), None
 
     def settler(self) -> MessageUsage:
@@ -181,30 +220,34 @@ class ClaudeReader:
         path: Path,
         state: ReadState,
         agent: str | None,
-        counted: RecentIds | None,
         start: int = 0,
         end: int | None = None,
     ) -> Iterator[Event]:
-        """The events of a transcript, counting each message's usage once in ``counted`` (None:
-        the usage of every line that repeats it, for :class:`MessageUsage` to settle)."""
+        """The events of a transcript, with the usage of every line that carries one (for
+        :class:`MessageUsage` to settle)."""
         source = path.name
+        fact = state.fact
         for number, line, rec in decode_lines(path, _decoder, state, _wanted, _unused, start, end):
             kind = rec.type
             if kind in BOOKKEEPING_TYPES:
                 state.skipped_lines += 1
                 continue
             state.check_fields(f"claude:{kind}", line, KNOWN_TOP_LEVEL)
+            fact(SESSION_IDS, rec.sessionId or rec.session_id)
+            fact(CLI_VERSIONS, rec.version or rec.claude_code_version)
+            fact(CWDS, rec.cwd)
             base = Event(
                 kind=EventKind.USER,
                 source=source,
                 line=number,
                 ts=parse_timestamp(rec.timestamp),
                 agent=rec.agentId or agent,
-                sidechain=bool(rec.isSidechain) or agent is not None,
+                sidechain=bool(rec.isSidechain or rec.parent_tool_use_id) or agent is not None,
+                request_id=rec.requestId,
             )
             if kind == "assistant" or kind == "user":
                 if rec.message is not None:
-                    yield from self._message(rec, rec.message, base, counted, state)
+                    yield from self._message(rec, rec.message, base, state)
             elif kind == "system":
                 if rec.subtype == "compact_boundary":
                     yield replace(base, kind=EventKind.COMPACTION, text=clip(rec.content))
@@ -212,6 +255,8 @@ class ClaudeReader:
                     yield replace(base, kind=EventKind.ERROR, text=clip(rec.content))
             elif kind == "summary":
                 yield replace(base, kind=EventKind.SUMMARY, text=clip(rec.summary))
+            elif kind == "result":  # stream-json's closing totals: the messages were counted
+                state.skipped_lines += 1
             else:
                 state.unknown_type(f"claude:{kind}")
 
@@ -220,7 +265,6 @@ class ClaudeReader:
         rec: Record,
         msg: Message,
         base: Event,
-        counted: RecentIds | None,
         state: ReadState,
     ) -> Iterator[Event]:
         content = msg.content
@@ -230,10 +274,8 @@ class ClaudeReader:
                     yield replace(
                         base, kind=EventKind.COMPACTION, text=clip(content), text_size=len(content)
                     )
-                elif not rec.isMeta:
-                    yield replace(
-                        base, kind=EventKind.USER, text=clip(content), text_size=len(content)
-                    )
+                else:
+                    yield _user(base, rec, content)
                 return
             for block in content or ():
                 if block.type == "tool_result":
@@ -247,17 +289,19 @@ class ClaudeReader:
                         output_size=len(block.content),
                         text=head,
                     )
-                elif block.type == "text" and block.text is not None and not rec.isMeta:
-                    yield replace(
-                        base, kind=EventKind.USER, text=clip(block.text), text_size=len(block.text)
-                    )
+                elif block.type == "text" and block.text is not None:
+                    if rec.isCompactSummary:
+                        yield replace(
+                            base,
+                            kind=EventKind.COMPACTION,
+                            text=clip(block.text),
+                            text_size=len(block.text),
+                        )
+                    else:
+                        yield _user(base, rec, block.text)
             return
         model = msg.model
-        if (
-            msg.usage is not None
-            and msg.id is not None
-            and (counted is None or counted.add(msg.id))
-        ):
+        if msg.usage is not None:
             u = msg.usage
             yield replace(
                 base,
@@ -300,12 +344,47 @@ class ClaudeReader:
                 state.unknown_type(f"claude:block:{btype}")
 
 
+COMMAND_TAGS = ("<command-name>", "<command-message>", "<command-args>", "<bash-input>")
+"""How Claude Code wraps a slash command (``/compact``) or a ``!`` shell command the person ran."""
+OUTPUT_TAGS = ("<local-command-stdout>", "<local-command-stderr>", "<bash-stdout>", "<bash-stderr>")
+INTERRUPT = "[Request interrupted by user"
+
+
+def user_kind(text: str, meta: bool, sidechain: bool) -> UserKind:
+    """What a user entry's text is (see :class:`UserKind`): only a prompt is what the person
+    typed. A sub-agent's task prompt is written by the main agent, not the person."""
+    if meta:
+        return UserKind.META
+    if sidechain:
+        return UserKind.SIDECHAIN
+    head = text.lstrip()[:40]
+    if head.startswith(COMMAND_TAGS):
+        return UserKind.SLASH_COMMAND
+    if head.startswith(OUTPUT_TAGS):
+        return UserKind.COMMAND_OUTPUT
+    if head.startswith(INTERRUPT):
+        return UserKind.INTERRUPT
+    if head.startswith("Caveat: The messages below were generated by the user while running"):
+        return UserKind.META
+    return UserKind.PROMPT
+
+
+def _user(base: Event, rec: Record, text: str) -> Event:
+    return replace(
+        base,
+        kind=EventKind.USER,
+        text=clip(text),
+        text_size=len(text),
+        user_kind=user_kind(text, bool(rec.isMeta), base.sidechain),
+    )
+
+
 def _decode_args(raw: msgspec.Raw) -> Any:
     if not raw:
         return {}
     try:
         return _any.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return {}
 
 
@@ -315,7 +394,7 @@ def _result_head(raw: msgspec.Raw) -> str | None:
         return None
     try:
         value = _any.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     if isinstance(value, list):
         value = " ".join(b.get("text", "") for b in value if isinstance(b, dict))

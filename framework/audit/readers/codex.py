@@ -10,6 +10,7 @@ JSON *string*, ``function_call_output``, ``custom_tool_call`` for apply_patch), 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Union
@@ -17,8 +18,8 @@ from typing import Any, Union
 import msgspec
 from msgspec.structs import replace
 
-from framework.audit.events import Event, Kinds, clip, parse_timestamp
-from framework.audit.readers.base import Block, Line, ReadState, decode_records
+from framework.audit.events import Event, Kinds, UserKind, clip, parse_timestamp
+from framework.audit.readers.base import DECODE_ERRORS, Block, Line, ReadState, decode_records
 from framework.audit.readers.tools import tool_call_events
 
 ENVELOPE_TYPES = frozenset(
@@ -34,7 +35,7 @@ ITEM_KEYS = frozenset(
 )  # fmt: skip
 UI_EVENTS = frozenset(
     {
-        "user_message", "agent_message", "agent_reasoning", "agent_reasoning_raw_content",
+        "agent_message", "agent_reasoning", "agent_reasoning_raw_content",
         "exec_command_begin", "exec_command_end", "exec_command_output_delta", "patch_apply_begin",
         "patch_apply_end", "task_started", "task_complete", "turn_aborted", "mcp_tool_call_begin",
         "mcp_tool_call_end", "web_search_begin", "web_search_end", "turn_diff", "plan_update",
@@ -105,10 +106,13 @@ def _fields(*names: str) -> list[tuple[str, Any, Any]]:
 class _SessionMeta(msgspec.Struct, gc=False):
     id: str | None = None
     timestamp: str | None = None
+    cli_version: str | None = None
+    cwd: str | None = None
 
 
 class _TurnContext(msgspec.Struct, gc=False):
     model: str | None = None
+    cwd: str | None = None
 
 
 class _Compacted(msgspec.Struct, gc=False):
@@ -126,10 +130,16 @@ def _envelope(name: str, payload: Any) -> type:
 
 _TokenCount = _shape("TokenCount", _EventPayload, "token_count", _fields("info"))
 _ErrorMsg = _shape("ErrorMsg", _EventPayload, "error", _fields("message"))
+_UserMsg = _shape("UserMsg", _EventPayload, "user_message", _fields("message"))
 _UI = {_shape(f"UI_{name}", _EventPayload, name, []): name for name in sorted(UI_EVENTS)}
 """UI events declare no field: whatever they hold is skipped, never built (they were ignored
 before too, when their payload did not fit :class:`Item`: see :func:`_unused`)."""
-_EVENT_KIND: dict[type, str] = {_TokenCount: "token_count", _ErrorMsg: "error", **_UI}
+_EVENT_KIND: dict[type, str] = {
+    _TokenCount: "token_count",
+    _ErrorMsg: "error",
+    _UserMsg: "user_message",
+    **_UI,
+}
 _EVENT_PAYLOAD = Union[tuple(_EVENT_KIND)] | None  # type: ignore[valid-type]  # noqa: UP007
 _OUTER: dict[type, str] = {
     _envelope("session_meta", _SessionMeta | None): "session_meta",
@@ -170,7 +180,7 @@ def _unused(line: Line) -> bool:
     a UI event (they echo response items) or a newer bookkeeping record."""
     try:
         head = _head.decode(line)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return False
     if head.type == "event_msg":
         return head.payload is not None and head.payload.type in UI_EVENTS
@@ -256,11 +266,19 @@ class Rollout:
         self.read_total = (0, 0, 0, 0)
         """The largest totals :meth:`read` has read: a count not above them cannot grow the
         settled totals either (they are at least as large), so it is dropped at once."""
+        self.prompts = PromptEchoes()
+        """Pairs the two records of each prompt; in :meth:`settle`, which sees the whole file in
+        order, so that reading a file in segments counts the same prompts."""
 
     def settle(self, events: Iterable[Event]) -> Iterator[Event]:
-        usage = Kinds.TOKEN_USAGE
+        usage, user = Kinds.TOKEN_USAGE, Kinds.USER
         for event in events:
-            if event.kind is usage:
+            if event.kind is user:
+                echo = event.tool == ECHO  # equal, not identical: events cross processes
+                event.tool = None
+                if not self.prompts.first("event" if echo else "item", event.text or ""):
+                    continue
+            elif event.kind is usage:
                 total = (
                     event.input_tokens,
                     event.cache_read_tokens,
@@ -364,6 +382,11 @@ class Rollout:
                                 output_tokens=total[2],
                                 reasoning_tokens=total[3],
                             )
+                    elif kind == "user_message":
+                        text = item.message or ""
+                        prompt = _prompt(source, number, parse_timestamp(rec.timestamp), text)
+                        prompt.tool = ECHO  # until :meth:`settle` pairs it
+                        yield prompt
                     elif kind == "error":
                         yield Event(
                             kind=Kinds.ERROR,
@@ -376,7 +399,11 @@ class Rollout:
                         state.unknown_type(f"codex:event_msg:{kind}")
                 elif outer == "turn_context":
                     self.model = item.model or self.model
+                    state.fact("cwds", getattr(item, "cwd", None))
                 elif outer == "session_meta":
+                    state.fact("session_ids", item.id)
+                    state.fact("cli_versions", getattr(item, "cli_version", None))
+                    state.fact("cwds", getattr(item, "cwd", None))
                     yield Event(
                         kind=Kinds.SESSION_START,
                         source=source,
@@ -409,17 +436,19 @@ class Rollout:
             if role != "assistant" and role != "user":
                 return ()  # developer and system messages hold the CLI's own instructions
             text = "\n".join([t.text for t in item.content or () if t.text])
-            if role == "user" and _is_injected(text):
-                return ()
+            if role == "user":
+                if _is_injected(text):
+                    return ()
+                return [_prompt(source, number, parse_timestamp(timestamp or item.timestamp), text)]
             return [
                 Event(
-                    kind=Kinds.ASSISTANT if role == "assistant" else Kinds.USER,
+                    kind=Kinds.ASSISTANT,
                     source=source,
                     line=number,
                     ts=parse_timestamp(timestamp or item.timestamp),
                     text=clip(text),
                     text_size=len(text),
-                    model=self.model if role == "assistant" else None,
+                    model=self.model,
                 )
             ]
         ts = parse_timestamp(timestamp or item.timestamp)
@@ -459,6 +488,46 @@ class Rollout:
         return ()
 
 
+ECHO = "codex:user_message"
+"""Marks a prompt read from an ``event_msg`` between :meth:`Rollout.read` and :meth:`Rollout.settle`."""
+
+
+class PromptEchoes:
+    """A Codex prompt is written twice, as a user ``response_item`` message and as an ``event_msg``
+    ``user_message``; some rollouts have only one of the two. Each prompt is counted once: a text
+    is new unless it is the echo of a recent, unmatched text from the other record type."""
+
+    WINDOW = 8
+
+    def __init__(self) -> None:
+        self.unmatched: dict[str, deque[str]] = {
+            "item": deque(maxlen=self.WINDOW),
+            "event": deque(maxlen=self.WINDOW),
+        }
+
+    def first(self, source: str, text: str) -> bool:
+        """True when ``text``, read from ``source`` (``item`` or ``event``), is a new prompt."""
+        key = text.strip()
+        other = self.unmatched["event" if source == "item" else "item"]
+        if key in other:
+            other.remove(key)
+            return False
+        self.unmatched[source].append(key)
+        return True
+
+
+def _prompt(source: str, number: int, ts: float | None, text: str) -> Event:
+    return Event(
+        kind=Kinds.USER,
+        source=source,
+        line=number,
+        ts=ts,
+        text=clip(text),
+        text_size=len(text),
+        user_kind=UserKind.PROMPT,
+    )
+
+
 def _totals(u: Usage) -> tuple[int, int, int, int]:
     return (
         u.input_tokens or 0,
@@ -473,7 +542,7 @@ def _json(text: str | bytes | None) -> Any:
         return {}
     try:
         return _any.decode(text)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return {"input": text} if isinstance(text, str) else {}
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from framework.audit.events import Event, EventKind, clip, parse_timestamp
-from framework.audit.readers.base import ReadState, decode_lines
+from framework.audit.events import Event, EventKind, UserKind, clip, parse_timestamp
+from framework.audit.readers.base import ReadState, count, decode_lines, list_or_empty, text_or_none
 from framework.audit.readers.tools import tool_call_events
 
 MESSAGE_KEYS = frozenset(
@@ -57,7 +57,8 @@ class GeminiReader:
             if "$rewindTo" in rec:
                 ids = list(folded)
                 target = rec["$rewindTo"]
-                for key in ids[ids.index(target) :] if target in folded else ids:
+                known = isinstance(target, str) and target in folded
+                for key in ids[ids.index(target) :] if known else ids:
                     del folded[key]
             elif "$set" in rec:
                 patch = rec["$set"]
@@ -68,7 +69,9 @@ class GeminiReader:
                 rec["_line"] = number
                 folded[rec["id"]] = rec
             elif "sessionId" in rec:
-                self._add_all(folded, rec.get("messages") or [], number)
+                state.fact("session_ids", rec.get("sessionId"))
+                messages = rec.get("messages")
+                self._add_all(folded, messages if isinstance(messages, list) else [], number)
             else:
                 state.unknown_type("gemini:record")
         return list(folded.values())
@@ -90,6 +93,8 @@ class GeminiReader:
             state.corrupt(path.name, 1, f"not a JSON document: {exc}")
             return []
         messages = doc.get("messages") if isinstance(doc, dict) else None
+        if isinstance(doc, dict):
+            state.fact("session_ids", doc.get("sessionId"))
         if not isinstance(messages, list):
             state.corrupt(path.name, 1, "no 'messages' list")
             return []
@@ -99,7 +104,7 @@ class GeminiReader:
     def _message(self, msg: dict[str, Any], source: str, state: ReadState) -> Iterator[Event]:
         base: dict[str, Any] = {
             "source": source,
-            "line": msg.get("_line", 0),
+            "line": msg["_line"] if type(msg.get("_line")) is int else 0,
             "ts": parse_timestamp(msg.get("timestamp")),
         }
         kind = msg.get("type")
@@ -110,7 +115,13 @@ class GeminiReader:
                 # Gemini CLI records tool results as a user message too; they were emitted
                 # already from the call's own ``result``.
                 return
-            yield Event(kind=EventKind.USER, text=clip(text), text_size=len(text), **base)
+            yield Event(
+                kind=EventKind.USER,
+                text=clip(text),
+                text_size=len(text),
+                user_kind=UserKind.PROMPT,
+                **base,
+            )
             return
         if kind in ("error", "warning"):
             yield Event(kind=EventKind.ERROR, text=clip(text), **base)
@@ -127,18 +138,18 @@ class GeminiReader:
         )
         tokens = msg.get("tokens")
         if isinstance(tokens, dict):
-            cached = int(tokens.get("cached") or 0)
+            cached = count(tokens.get("cached"))
             yield Event(
                 kind=EventKind.TOKEN_USAGE,
                 model=model,
-                message_id=msg.get("id"),
-                input_tokens=max(0, int(tokens.get("input") or 0) - cached),
+                message_id=text_or_none(msg.get("id")),
+                input_tokens=max(0, count(tokens.get("input")) - cached),
                 cache_read_tokens=cached,
-                output_tokens=int(tokens.get("output") or 0),
-                reasoning_tokens=int(tokens.get("thoughts") or 0),
+                output_tokens=count(tokens.get("output")),
+                reasoning_tokens=count(tokens.get("thoughts")),
                 **base,
             )
-        for thought in msg.get("thoughts") or ():
+        for thought in list_or_empty(msg.get("thoughts")):
             if isinstance(thought, dict):
                 t = f"{thought.get('subject', '')}: {thought.get('description', '')}"
                 yield Event(kind=EventKind.THINKING, text=clip(t), text_size=len(t), **base)
@@ -146,10 +157,10 @@ class GeminiReader:
             yield Event(
                 kind=EventKind.ASSISTANT, text=clip(text), text_size=len(text), model=model, **base
             )
-        for call in msg.get("toolCalls") or ():
+        for call in list_or_empty(msg.get("toolCalls")):
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
                 continue
-            call_base = {**base, "call_id": call.get("id"), "model": model}
+            call_base = {**base, "call_id": text_or_none(call.get("id")), "model": model}
             call_base["ts"] = parse_timestamp(call.get("timestamp")) or base["ts"]
             yield from tool_call_events(
                 Event(kind=EventKind.TOOL_CALL, **call_base), call["name"], call.get("args")
@@ -161,7 +172,7 @@ class GeminiReader:
                 failed = status == "error" or exit_code not in (None, 0)
                 yield Event(
                     kind=EventKind.TOOL_RESULT,
-                    call_id=call.get("id"),
+                    call_id=text_or_none(call.get("id")),
                     status="error" if failed else "ok",
                     exit_code=exit_code,
                     output_size=len(output),

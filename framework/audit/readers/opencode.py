@@ -9,14 +9,15 @@ A message's ``data`` holds role, ``modelID``, ``time`` (ms) and, for assistant m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from framework.audit.events import Event, EventKind, clip, parse_timestamp
-from framework.audit.readers.base import ReadState
+from framework.audit.events import Event, EventKind, UserKind, clip, parse_timestamp
+from framework.audit.readers.base import ReadState, count, list_or_empty, text_or_none
 from framework.audit.readers.tools import tool_call_events
 
 QUIET_PARTS = frozenset(
@@ -44,7 +45,11 @@ class OpenCodeReader:
         state.files.append(str(path))
         state.bytes_read += path.stat().st_size
         uri = f"file:{path}?mode=ro"
-        with sqlite3.connect(uri, uri=True) as db:
+        # a damaged or hostile database raises sqlite3.DatabaseError mid-query: what was read
+        # stays in the report, the rest is reported unreadable (by the caller)
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            db.text_factory = _lenient_text
+            _session_facts(db, state)
             # One query, each message's parts in consecutive rows: a query per message would scan
             # the part table each time wherever ``part.message_id`` has no index.
             rows = db.execute(DATABASE_QUERY)
@@ -70,6 +75,11 @@ class OpenCodeReader:
 
     def _storage(self, root: Path, state: ReadState) -> Iterator[Event]:
         storage = root / "storage" if (root / "storage").is_dir() else root
+        for session_file in sorted((storage / "session").glob("*/*.json")):
+            info = _load(_read(session_file, state), state, session_file.name)
+            state.fact("session_ids", info.get("id"))
+            state.fact("cli_versions", info.get("version"))
+            state.fact("cwds", info.get("directory"))
         for session_dir in sorted((storage / "message").iterdir()):
             for message_file in sorted(session_dir.glob("*.json")):
                 state.files.append(str(message_file))
@@ -106,11 +116,11 @@ class OpenCodeReader:
                 kind=EventKind.TOKEN_USAGE,
                 model=model,
                 message_id=message_id,
-                input_tokens=int(tokens.get("input") or 0),
-                output_tokens=int(tokens.get("output") or 0),
-                reasoning_tokens=int(tokens.get("reasoning") or 0),
-                cache_read_tokens=int(cache.get("read") or 0),
-                cache_write_tokens=int(cache.get("write") or 0),
+                input_tokens=count(tokens.get("input")),
+                output_tokens=count(tokens.get("output")),
+                reasoning_tokens=count(tokens.get("reasoning")),
+                cache_read_tokens=count(cache.get("read")),
+                cache_write_tokens=count(cache.get("write")),
                 **base,
             )
         if isinstance(info.get("error"), dict):
@@ -119,17 +129,30 @@ class OpenCodeReader:
             ptype = part.get("type")
             text = part["text"] if isinstance(part.get("text"), str) else ""
             if ptype == "text":
-                kind = EventKind.USER if role == "user" else EventKind.ASSISTANT
-                if not part.get("synthetic"):
+                if part.get("synthetic"):
+                    continue
+                if role == "user":
                     yield Event(
-                        kind=kind, text=clip(text), text_size=len(text), model=model, **base
+                        kind=EventKind.USER,
+                        text=clip(text),
+                        text_size=len(text),
+                        user_kind=UserKind.PROMPT,
+                        **base,
+                    )
+                else:
+                    yield Event(
+                        kind=EventKind.ASSISTANT,
+                        text=clip(text),
+                        text_size=len(text),
+                        model=model,
+                        **base,
                     )
             elif ptype == "reasoning":
                 yield Event(kind=EventKind.THINKING, text=clip(text), text_size=len(text), **base)
             elif ptype == "tool" and isinstance(part.get("tool"), str):
                 yield from self._tool(part, base, model)
             elif ptype == "patch":
-                for file in part.get("files") or ():
+                for file in list_or_empty(part.get("files")):
                     if isinstance(file, str):
                         yield Event(
                             kind=EventKind.FILE_EDIT, tool="patch", path=file, op="edit", **base
@@ -142,7 +165,7 @@ class OpenCodeReader:
     ) -> Iterator[Event]:
         tool_state = _obj(part.get("state"))
         times = _obj(tool_state.get("time"))
-        call_base = {**base, "call_id": part.get("callID"), "model": model}
+        call_base = {**base, "call_id": text_or_none(part.get("callID")), "model": model}
         call_base["ts"] = parse_timestamp(times.get("start")) or base["ts"]
         yield from tool_call_events(
             Event(kind=EventKind.TOOL_CALL, **call_base),
@@ -158,7 +181,7 @@ class OpenCodeReader:
             failed = status == "error" or exit_code not in (None, 0)
             yield Event(
                 kind=EventKind.TOOL_RESULT,
-                call_id=part.get("callID"),
+                call_id=text_or_none(part.get("callID")),
                 status="error" if failed else "ok",
                 exit_code=exit_code,
                 output_size=len(output),
@@ -167,10 +190,27 @@ class OpenCodeReader:
             )
 
 
+def _lenient_text(data: bytes) -> str:
+    """Text columns as text even when their bytes are not UTF-8 (sqlite3's default raises)."""
+    return data.decode("utf-8", errors="replace")
+
+
+def _session_facts(db: sqlite3.Connection, state: ReadState) -> None:
+    """Session ids, OpenCode versions and directories from the ``session`` table, when it has them."""
+    try:
+        rows = db.execute("SELECT id, version, directory FROM session ORDER BY time_created")
+        for session_id, version, directory in rows:
+            state.fact("session_ids", session_id)
+            state.fact("cli_versions", version)
+            state.fact("cwds", directory)
+    except sqlite3.OperationalError:  # an older schema without these columns or the table
+        return
+
+
 def _load(data: str | bytes, state: ReadState, where: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # not JSON, not UTF-8, not text
         state.corrupt(where, 0, str(exc))
         return {}
     if not isinstance(value, dict):
