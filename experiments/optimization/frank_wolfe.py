@@ -224,11 +224,11 @@ class RowCardinalitySet:
             smallest = np.argsort(G, axis=1, kind="stable")[:, : self.k]
             np.put_along_axis(M, smallest, 1, axis=1)
             return M
-        # torch.Tensor: same rule with the tensor's own ops (no torch import needed here)
+        # torch.Tensor: same rule (stable, so ties go to the lower index, as numpy's above)
         M = G.new_zeros(G.shape)
         if self.k == 0:
             return M
-        smallest = G.topk(self.k, dim=1, largest=False).indices
+        smallest = G.sort(dim=1, stable=True).indices[:, : self.k]
         return M.scatter_(1, smallest, 1.0)
 
     def contains(self, x: Any, tol: float = 1e-9) -> bool:

@@ -37,6 +37,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,31 @@ def predecessors(x: Point) -> list[Point]:
     return found
 
 
+class PrecisionWarning(UserWarning):
+    """mpmath's working precision is too low to follow a worst-case trajectory forward."""
+
+
 def worst_case_trajectory(iters: int, shift: float = 1.0) -> list[Point]:
     """x_0 .. x_iters on the zig-zag orbit, built backwards from x_iters (at mpmath's precision).
 
     x_iters is placed at r = 3 / (4 (iters + shift)), theta = -sqrt(2 r / 3): the limit orbit as if
     the run had started ``shift`` steps before t = 0. Each step back takes the predecessor on the
     other side of the axis through p (the zig-zag).
+
+    The construction itself is stable at any precision, but Frank-Wolfe run forward from the x_0 it
+    returns follows it only for about ``steps_followed(mpmath.mp.dps)`` steps, so a precision below
+    ``digits_needed(iters)`` gets a PrecisionWarning naming the digits needed.
     """
+    needed = digits_needed(iters)
+    if mpmath.mp.dps < needed:
+        warnings.warn(
+            PrecisionWarning(
+                f"mpmath.mp.dps = {mpmath.mp.dps} follows this worst case forward only to about "
+                f"t = {steps_followed(mpmath.mp.dps)} of {iters}; set mpmath.mp.dps >= {needed} "
+                f"(digits_needed({iters})) for a forward run that stays on it"
+            ),
+            stacklevel=2,
+        )
     r_end = mpmath.mpf(3) / (4 * (iters + mpmath.mpf(shift)))
     theta_end = -mpmath.sqrt(2 * r_end / 3)
     trajectory: list[Point] = [(1 - r_end * mpmath.cos(theta_end), -r_end * mpmath.sin(theta_end))]
@@ -420,7 +439,8 @@ def plot_lower_bound(
         steps = [t for t, g in enumerate(gaps) if g > 0]
         right.semilogy(steps, [gaps[t] for t in steps], label=f"p {name}")
     right.set_xlabel("iteration t")
-    right.set_title("interior / exterior optimum: linear")
+    right.set_ylabel("f(x_t) − f*")
+    right.set_title("optimum inside, on and outside the ball (one start)")
     right.legend(fontsize=8)
     fig.tight_layout()
     rates_path = out / "lower_bound_rates.png"

@@ -194,10 +194,25 @@ def collect(
     (out / "sweep_table.md").write_text(markdown_table(rows))
     plt = pyplot()
     fig, (curves, by_lr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # One colour per optimizer+schedule (the same in both panels), one line style per learning
+    # rate: a sweep has more curves than a colour cycle has colours.
+    group_names = sorted({(r["optimizer"], r["schedule"]) for r in rows})
+    palette = plt.get_cmap("tab10" if len(group_names) <= 10 else "tab20")
+    colour = {group: palette(i) for i, group in enumerate(group_names)}
+    lrs = sorted({r["lr"] for r in rows})
+    styles = ("-", "--", ":", "-.")
+    style = {lr: styles[i % len(styles)] for i, lr in enumerate(lrs)}
     for metrics, row in zip(runs, rows, strict=True):
         if metrics["val_loss"]:
             label = f"{row['optimizer']} {row['schedule']} lr={row['lr']:g}"
-            curves.plot(*zip(*metrics["val_loss"], strict=True), marker=".", lw=1, label=label)
+            curves.plot(
+                *zip(*metrics["val_loss"], strict=True),
+                marker=".",
+                lw=1.2,
+                ls=style[row["lr"]],
+                color=colour[(row["optimizer"], row["schedule"])],
+                label=label,
+            )
     curves.set_xlabel("step")
     curves.set_ylabel("validation loss")
     curves.set_title("validation loss curves")
@@ -213,9 +228,13 @@ def collect(
             [r["lr"] for r in members],
             [r["final_val_loss"] for r in members],
             "o-",
+            color=colour[(optimizer, schedule)],
             label=f"{optimizer}, {schedule}",
         )
     by_lr.set_xscale("log")
+    # ticks at the swept rates only: log axes otherwise label minor ticks that overlap
+    by_lr.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+    by_lr.minorticks_off()
     by_lr.set_xlabel("peak learning rate")
     by_lr.set_ylabel("final validation loss")
     by_lr.set_title("final validation loss vs learning rate")

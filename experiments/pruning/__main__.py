@@ -23,7 +23,11 @@ def run_command(
         "wanda", help="magnitude | wanda | ria | sparsegpt | sparseswaps | frankwolfe"
     ),
     sparsity: float = typer.Option(0.5, help="fraction pruned (ignored for N:M patterns)"),
-    pattern: str = typer.Option("row", help="row | layer | N:M such as 2:4 or 4:8"),
+    pattern: str = typer.Option(
+        "unstructured",
+        help="unstructured (the method's paper pattern: layer for magnitude and sparsegpt, row "
+        "for the others) | row | layer | N:M such as 2:4 or 4:8",
+    ),
     calib: int = typer.Option(32, help="number of calibration sequences"),
     seqlen: int = typer.Option(128, help="calibration and evaluation sequence length"),
     seed: int = typer.Option(0),

@@ -4,6 +4,10 @@ Patterns:
   row    every output row keeps the same number of weights (prunes int(in * sparsity))
   layer  the whole matrix prunes int(out * in * sparsity) weights, rows may differ
   N:M    in every group of M consecutive inputs of a row, N weights are kept (2:4, 4:8)
+
+Ties: among equal scores the weight with the lower index (within the row, the flattened layer or
+the group) is pruned first, as a stable ascending sort would order them (Wanda's and SparseGPT's
+reference code sort with `torch.sort`). `torch.topk` makes no such promise, so it is not used.
 """
 
 from __future__ import annotations
@@ -57,24 +61,29 @@ class Pattern(BaseModel):
             )
 
 
+def lowest(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Indices of the k smallest entries along `dim`; among equal entries the lower index first."""
+    return torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
+
+
 def mask_from_scores(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    """Keep the highest-scoring weights under `pattern` (exact counts; ties broken by index)."""
+    """Keep the highest-scoring weights under `pattern` (exact counts; see the module on ties)."""
     rows, cols = scores.shape
     pattern.check_shape(rows, cols)
     mask = torch.ones_like(scores, dtype=torch.bool)
     if pattern.kind == "row":
         k = pattern.pruned_per_row(cols)
         if k:
-            pruned = torch.topk(scores, k, dim=1, largest=False).indices
+            pruned = lowest(scores, k, dim=1)
             mask.scatter_(1, pruned, False)
     elif pattern.kind == "layer":
         k = int(scores.numel() * pattern.sparsity)
         if k:
-            pruned = torch.topk(scores.flatten(), k, largest=False).indices
+            pruned = lowest(scores.flatten(), k)
             mask.view(-1)[pruned] = False
     else:
         groups = scores.reshape(rows, cols // pattern.m, pattern.m)
-        pruned = torch.topk(groups, pattern.m - pattern.n, dim=2, largest=False).indices
+        pruned = lowest(groups, pattern.m - pattern.n, dim=2)
         mask.view(rows, cols // pattern.m, pattern.m).scatter_(2, pruned, False)
     return mask
 

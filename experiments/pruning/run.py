@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experiments.pruning.masks import Pattern
-from experiments.pruning.methods import METHOD_NAMES
+from experiments.pruning.methods import METHOD_NAMES, paper_pattern
 from experiments.pruning.reconstruct import ReconstructionSettings
 from experiments.pruning.sequential import Granularity, MatrixRecord, prune_model
 
@@ -28,7 +28,10 @@ class RunConfig(BaseModel):
         "tiny", description="tiny | mini | small (trained here) or a save_pretrained directory"
     )
     method: str = "wanda"
-    pattern: str = "row"
+    pattern: str = Field(
+        "unstructured",
+        description="unstructured (the method's paper pattern) | row | layer | N:M such as 2:4",
+    )
     sparsity: float | None = Field(0.5, ge=0, lt=1)
     calib: int = Field(32, ge=1)
     seqlen: int = Field(128, ge=8)
@@ -42,6 +45,16 @@ class RunConfig(BaseModel):
     device: str = "cpu"
     gram_dtype: str = "float32"
     method_options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_unstructured(cls, data: Any) -> Any:
+        """Record the concrete pattern a run used, never the alias "unstructured"."""
+        if isinstance(data, dict) and data.get("pattern", "unstructured") == "unstructured":
+            method = data.get("method", "wanda")
+            if isinstance(method, str):
+                data = {**data, "pattern": paper_pattern(method, "unstructured")}
+        return data
 
     def parsed_pattern(self) -> Pattern:
         return Pattern.parse(self.pattern, self.sparsity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import mpmath
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from experiments.optimization.__main__ import main
 from experiments.optimization.lower_bound import (
     LIMIT_CONSTANT,
+    PrecisionWarning,
     constant_table,
     digits_needed,
     forward_run,
@@ -101,9 +103,20 @@ def test_too_few_digits_are_raised_to_what_the_run_needs_with_a_note() -> None:
 
 def test_too_little_precision_loses_the_worst_case_forward() -> None:
     mpmath.mp.dps = 60  # about 200 bits: the doubling of errors wins after about 150 steps
-    constructed = worst_case_trajectory(400)
+    with pytest.warns(PrecisionWarning, match=rf"mp.dps >= {digits_needed(400)}"):
+        constructed = worst_case_trajectory(400)
     horizon = tracking_horizon(forward_run(constructed[0], 400), constructed)
     assert 100 < horizon < 250
+
+
+def test_the_library_warns_with_the_digits_needed_and_is_silent_at_enough() -> None:
+    mpmath.mp.dps = 40
+    with pytest.warns(PrecisionWarning, match=r"only to about t = 132 of 200.*>= 95"):
+        worst_case_trajectory(200)
+    mpmath.mp.dps = digits_needed(200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        worst_case_trajectory(200)
 
 
 def test_lower_bound_entry_point_writes_metrics_and_plots(tmp_path) -> None:  # type: ignore[no-untyped-def]

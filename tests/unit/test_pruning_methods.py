@@ -219,3 +219,54 @@ def test_mask_from_scores_keeps_the_highest_scores() -> None:
         [True, False, True, False],
         [False, False, True, True],
     ]
+
+
+def test_ties_prune_the_lower_index_first_under_every_pattern() -> None:
+    """Equal scores: the stable ascending order of the references decides (lower index pruned)."""
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 1.0, 2.0]])
+    assert mask_from_scores(scores, Pattern.parse("row", 0.5)).tolist() == [
+        [False, False, True, True],
+        [True, False, False, True],
+    ]
+    assert mask_from_scores(scores, Pattern.parse("2:4")).tolist() == [
+        [False, False, True, True],
+        [True, False, False, True],
+    ]
+    assert mask_from_scores(scores, Pattern.parse("layer", 0.25)).tolist() == [
+        [False, False, True, True],
+        [True, True, True, True],
+    ]
+    # SparseGPT chooses its block masks the same way: all-equal saliencies (W = 1, G = I)
+    W, G = torch.ones(2, 8, dtype=torch.float64), torch.eye(8, dtype=torch.float64)
+    mask = prune_layer("sparsegpt", W, G, Pattern.parse("row", 0.5), blocksize=8).mask
+    assert mask.tolist() == [[False] * 4 + [True] * 4] * 2
+
+
+def test_each_method_defaults_to_the_pattern_of_its_paper() -> None:
+    from experiments.pruning.methods import PAPER_PATTERN
+    from experiments.pruning.run import RunConfig
+
+    assert PAPER_PATTERN == {
+        "magnitude": "layer",
+        "wanda": "row",
+        "ria": "row",
+        "sparsegpt": "layer",
+        "sparseswaps": "row",
+        "frankwolfe": "row",
+    }
+    assert RunConfig(method="sparsegpt").pattern == "layer"
+    assert RunConfig(method="wanda").pattern == "row"
+    assert RunConfig(method="sparsegpt", pattern="row").pattern == "row"  # still there by name
+    with pytest.raises(ValueError, match="unknown pruning method 'obs'"):
+        RunConfig(method="obs")
+
+
+def test_sparsegpt_default_chooses_each_block_mask_over_all_rows() -> None:
+    """Rows of the paper's (layer) mask differ inside a block; the layer total is exact."""
+    torch.manual_seed(0)
+    W = torch.randn(16, 64, dtype=torch.float64) * torch.linspace(0.1, 3, 16)[:, None]
+    X = torch.randn(256, 64, dtype=torch.float64)
+    pattern = Pattern.parse("layer", 0.5)
+    mask = prune_layer("sparsegpt", W, X.T @ X, pattern, blocksize=32).mask
+    per_row = (~mask).sum(1)
+    assert int(per_row.sum()) == 16 * 64 // 2 and len(set(per_row.tolist())) > 1

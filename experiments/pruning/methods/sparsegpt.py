@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.pruning.masks import Pattern
+from experiments.pruning.masks import Pattern, lowest
 from experiments.pruning.methods import PruneResult
 
 
@@ -41,11 +41,11 @@ def _block_mask(scores: torch.Tensor, pattern: Pattern, start: int, end: int) ->
     if pattern.kind == "row":
         k = pattern.pruned_per_row(end) - pattern.pruned_per_row(start)
         if k:
-            pruned.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
+            pruned.scatter_(1, lowest(scores, k, dim=1), True)
     else:
         k = int(rows * end * pattern.sparsity) - int(rows * start * pattern.sparsity)
         if k:
-            pruned.view(-1)[torch.topk(scores.flatten(), k, largest=False).indices] = True
+            pruned.view(-1)[lowest(scores.flatten(), k)] = True
     return pruned
 
 
@@ -75,7 +75,7 @@ def prune(
         for i in range(end - start):
             if pattern.kind == "nm" and i % pattern.m == 0:
                 group = W_block[:, i : i + pattern.m] ** 2 / d[None, i : i + pattern.m] ** 2
-                smallest = torch.topk(group, pattern.m - pattern.n, dim=1, largest=False).indices
+                smallest = lowest(group, pattern.m - pattern.n, dim=1)
                 pruned[:, i : i + pattern.m].scatter_(1, smallest, True)
             w = W_block[:, i]
             q = torch.where(pruned[:, i], torch.zeros_like(w), w)
