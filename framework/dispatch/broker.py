@@ -32,6 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from framework.config import Settings
 from framework.dispatch.jobsandbox import (
+    JobSandboxError,
     JobSandboxMode,
     job_sandbox_mode,
     sandbox_plan,
@@ -341,16 +342,19 @@ class Broker:
         evaluation = self._evaluation()
         plan = None
         if self.job_sandbox == "required":
-            plan = sandbox_plan(
-                self.settings,
-                self.workspace,
-                cwd,
-                snapshot,
-                request.resources.world_size,
-                self.paths.sandbox_etc,
-                request.resources,
-                evaluation,
-            )
+            try:
+                plan = sandbox_plan(
+                    self.settings,
+                    self.workspace,
+                    cwd,
+                    snapshot,
+                    request.resources.world_size,
+                    self.paths.sandbox_etc,
+                    request.resources,
+                    evaluation,
+                )
+            except JobSandboxError as exc:
+                raise RequestError("request", str(exc)) from None
         with self._lock:
             if request.client_token and request.client_token in self._tokens:
                 group = self._tokens[request.client_token]
@@ -652,6 +656,11 @@ class Broker:
             "runs_dir": str(self.paths.runs),
             "diff": str(diff) if diff is not None else None,
             "sandbox": plan,
+            # The ranks' relays prove with it that they belong to this job (jobnet.py); never
+            # in a run dir, which the job can read.
+            "jobnet_key": secrets.token_hex(32)
+            if plan is not None and plan["network"] == "private"
+            else None,
             "time_limit_s": time_minutes * 60 if self.executor == "local" else None,
         }
 

@@ -23,11 +23,13 @@ import os
 import shutil
 import socket
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
 from framework import safefs
+from framework.dispatch.jobnet import IFNAME, KEY_VARIABLE, rank_address
 
 if TYPE_CHECKING:
     from framework.config import Settings
@@ -40,6 +42,7 @@ JobSandboxMode = Literal["required", "off"]
 # The default (settings.cluster.job_sandbox = "required") treats the agent as untrusted: its jobs
 # run sandboxed unless the user turns that off, and a node without the runtime fails the run.
 JobRuntime = Literal["bwrap", "docker"]
+JobNetwork = Literal["none", "private", "open"]
 
 INSIDE_HOME = "/home/agent"
 ARGV_PLACEHOLDER = "__AR_JOB_ARGV__"
@@ -132,9 +135,13 @@ def sandbox_plan(
         uid, gid = container_ids("docker", workspace)  # as a Docker session would run
     else:
         uid, gid = sandbox_ids()
-    # Ranks of a multi-task job are separate sandboxes that must reach each other (MASTER_ADDR):
-    # they share the node's network; a single-task job gets loopback only.
-    network = "none" if world_size == 1 else "open"
+    network = job_network(settings, world_size)
+    if network == "private" and runtime == "docker":
+        raise JobSandboxError(
+            f"a job of {world_size} tasks needs a network of its own between its ranks, which "
+            "Docker jobs do not have yet (only bwrap jobs do, see docs/security.md); set "
+            "cluster.job_runtime = 'bwrap' for multi-task jobs"
+        )
     spec = SandboxSpec(
         argv=[ARGV_PLACEHOLDER],
         image=settings.sandbox.image if runtime == "docker" else None,
@@ -143,7 +150,9 @@ def sandbox_plan(
         uid=uid,
         gid=gid,
         home=Path(INSIDE_HOME),
-        network=network,
+        # "private": the template has no network (--unshare-net); the runner swaps that for the
+        # job's own link between its ranks (see _private_network).
+        network="open" if network == "open" else "none",
         hostname=socket.gethostname()[:63] or "node",
     )
     plan: dict[str, Any] = {
@@ -165,6 +174,15 @@ def sandbox_plan(
             "path": SANDBOX_PATH,
         }
     return {**plan, "template": BwrapRuntime().argv(spec, None, etc_dir)}
+
+
+def job_network(settings: Settings, world_size: int) -> JobNetwork:
+    """A single-task job gets loopback only; the ranks of a multi-task job a link of their own
+    (jobnet.py) that reaches each other and nothing else. The node's network only in an ``open``
+    session: a job never gets more than the session that submitted it."""
+    if world_size > 1 and settings.sandbox.network == "open":
+        return "open"
+    return "none" if world_size == 1 else "private"
 
 
 def _evaluation_mounts(
@@ -302,6 +320,12 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
     if runtime == "docker":
         return _wrap_in_docker(binary, argv, env, task)
     template: list[str] = list(plan["template"])
+    outside_env = {"PATH": "/usr/bin:/bin"}
+    prefix: list[str] = []
+    link_env: dict[str, str] = {}
+    if plan["network"] == "private":
+        template, prefix, link_env, key = _private_network(template, env, task)
+        outside_env[KEY_VARIABLE] = key
     try:
         clear = template.index("--clearenv")
         root_ro = max(i for i in range(clear) if tuple(template[i : i + 2]) == _ROOT_RO)
@@ -321,11 +345,13 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
             node_specific += ["--dev-bind", str(node), str(node)]
             gpu_nodes.append(str(node))
     inside_env = {**env, "HOME": INSIDE_HOME, "USER": "agent", "LOGNAME": "agent", "TMPDIR": "/tmp"}
+    inside_env.update(link_env)
     setenv: list[str] = []
     for name, value in sorted(inside_env.items()):
         setenv += ["--setenv", name, value]
     placeholder = template.index(ARGV_PLACEHOLDER)
     wrapped = [
+        *prefix,
         binary,
         *template[1:root_ro],
         *node_specific,
@@ -341,8 +367,41 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
         "snapshot": plan["snapshot"],
         "gpu_device_nodes": gpu_nodes,
     }
-    # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing.
-    return WrappedJob(wrapped, {"PATH": "/usr/bin:/bin"}, run_dir, info)
+    # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing
+    # (the relay takes the job's key out of its own environment before starting bwrap).
+    return WrappedJob(wrapped, outside_env, run_dir, info)
+
+
+def _private_network(
+    template: list[str], env: Mapping[str, str], task: Mapping[str, Any]
+) -> tuple[list[str], list[str], dict[str, str], str]:
+    """The rank's part of the job's own link (jobnet.py): the template without ``--unshare-net``
+    (bwrap then stays in the relay's network namespace), the relay's command line, what the job
+    sees (``MASTER_ADDR`` becomes rank 0's address on the link) and the job's key. The relay's hub
+    listens where the job would otherwise have met: the node's master address and port."""
+    key = task.get("jobnet_key")
+    if not key:
+        raise JobSandboxError(
+            "this multi-task job has no network key in its submission (submitted by an older "
+            "broker?); submit it again"
+        )
+    separator = template.index("--")
+    if "--unshare-net" not in template[:separator]:
+        raise JobSandboxError("the sandbox template of a private-network job has a network")
+    at = template.index("--unshare-net")
+    template = template[:at] + template[at + 1 :]
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    hub = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    relay = [sys.executable, "-I", "-S", str(Path(__file__).with_name("jobnet.py"))]
+    relay += ["--rank", str(rank), "--world", str(world), "--hub", hub, "--"]
+    link_env = {
+        "MASTER_ADDR": rank_address(0),
+        "AR_RANK_ADDR": rank_address(rank),
+        # gloo and NCCL pick the interface they listen on; only the link reaches the other ranks.
+        "GLOO_SOCKET_IFNAME": IFNAME,
+        "NCCL_SOCKET_IFNAME": IFNAME,
+    }
+    return template, relay, link_env, str(key)
 
 
 def _wrap_in_docker(

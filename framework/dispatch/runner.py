@@ -252,6 +252,9 @@ def slurm_entry(submission_file: str, position: int) -> int:
 
     submission = json.loads(Path(submission_file).read_text())
     task = prepare_run_dir(submission, position)
+    if submission.get("jobnet_key"):
+        # Handed over in memory only: task.json in the run dir is the job's to read.
+        task = {**task, "jobnet_key": submission["jobnet_key"]}
     job_env = submitit.JobEnvironment()
     master = job_env.hostnames[0] if job_env.hostnames else "127.0.0.1"
     try:
