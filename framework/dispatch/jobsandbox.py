@@ -24,7 +24,7 @@ import shutil
 import socket
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from framework.dispatch.models import Resources
     from framework.dispatch.snapshot import Snapshot
     from framework.evaluation import Evaluation
+    from framework.sandbox.cgroups import SessionCgroup
     from framework.sandbox.spec import BindMount, SandboxSpec
 
 JobSandboxMode = Literal["required", "off"]
@@ -45,6 +46,7 @@ JobRuntime = Literal["bwrap", "docker"]
 JobNetwork = Literal["none", "private", "open"]
 
 INSIDE_HOME = "/home/agent"
+MIN_JOB_MEMORY = 16 << 20
 ARGV_PLACEHOLDER = "__AR_JOB_ARGV__"
 _ROOT_RO = ("--remount-ro", "/")
 
@@ -63,6 +65,9 @@ class WrappedJob(NamedTuple):
     """What the runner records in ``started.<rank>.json``."""
     stop: list[str] | None = None
     """Run this after killing ``argv`` to end the job for good (a container outlives its client)."""
+    cleanup: Callable[[], None] | None = None
+    """Call this once the job has ended, however it ended (kills what is left in its cgroup and
+    removes the cgroup)."""
 
 
 def job_sandbox_mode(settings: Settings) -> JobSandboxMode:
@@ -155,7 +160,9 @@ def sandbox_plan(
         network="open" if network == "open" else "none",
         hostname=socket.gethostname()[:63] or "node",
     )
+    limits = job_limits(settings, resources)
     plan: dict[str, Any] = {
+        "limits": limits._asdict(),
         "runtime": runtime,
         "checked_paths": checked,
         "workspace": str(workspace),
@@ -167,13 +174,33 @@ def sandbox_plan(
 
         return {
             **plan,
-            "template": docker_template(spec, resources),
+            "template": docker_template(spec, resources, limits),
             "image": spec.image,
             "uid": uid,
             "gid": gid,
             "path": SANDBOX_PATH,
         }
     return {**plan, "template": BwrapRuntime().argv(spec, None, etc_dir)}
+
+
+class JobLimits(NamedTuple):
+    """What one task of a job may use: its cgroup (bwrap jobs) or its container's limits."""
+
+    pids: int
+    memory_bytes: int | None
+    cpus: float
+
+
+def job_limits(settings: Settings, resources: Resources | None) -> JobLimits:
+    """The request's CPUs per task and its memory per node shared by the node's tasks, else the
+    defaults of ``cluster``; processes always from ``cluster.job_pids``."""
+    cluster = settings.cluster
+    cpus = float(resources.cpus if resources is not None else cluster.cpus_per_task)
+    memory_gb = cluster.job_memory_gb
+    if resources is not None and resources.mem_gb is not None:
+        memory_gb = resources.mem_gb / resources.tasks_per_node
+    memory = None if memory_gb is None else max(MIN_JOB_MEMORY, int(memory_gb * 2**30))
+    return JobLimits(pids=cluster.job_pids, memory_bytes=memory, cpus=cpus)
 
 
 def job_network(settings: Settings, world_size: int) -> JobNetwork:
@@ -244,7 +271,9 @@ def _mount_point(root: Path, name: str, directory: bool) -> None:
     safefs.write_new(root, name, b"", create_dirs=True)
 
 
-def docker_template(spec: SandboxSpec, resources: Resources | None = None) -> list[str]:
+def docker_template(
+    spec: SandboxSpec, resources: Resources | None = None, limits: JobLimits | None = None
+) -> list[str]:
     """``docker run`` for a job, with the isolation of a Docker session (framework.sandbox.docker):
     all capabilities dropped but the three the image's entrypoint needs to become ``spec.uid`` for
     good, no-new-privileges, an init, a private IPC namespace, a process limit, no network (or the
@@ -257,14 +286,14 @@ def docker_template(spec: SandboxSpec, resources: Resources | None = None) -> li
     args += [f"--cap-add={cap}" for cap in ENTRYPOINT_CAPS]
     args += ["--security-opt=no-new-privileges", "--ipc=private", f"--hostname={spec.hostname}"]
     args += ["--network=host" if spec.network == "open" else "--network=none"]
-    if spec.resources.pids is not None:
-        args.append(f"--pids-limit={spec.resources.pids}")
-    if resources is not None:
+    if limits is not None:
         # One container per task: the CPUs asked per task, the node's memory shared by its tasks.
-        args.append(f"--cpus={resources.cpus}")
-        if resources.mem_gb is not None:
-            mib = max(6, int(resources.mem_gb * 1024 / resources.tasks_per_node))
+        args += [f"--pids-limit={limits.pids}", f"--cpus={limits.cpus:g}"]
+        if limits.memory_bytes is not None:
+            mib = limits.memory_bytes >> 20
             args += [f"--memory={mib}m", f"--memory-swap={mib}m"]
+    elif spec.resources.pids is not None:
+        args.append(f"--pids-limit={spec.resources.pids}")
     for tmpfs in ("/tmp", str(spec.home)):
         args.append(f"--tmpfs={tmpfs}:rw,nosuid,nodev,mode=1777")
     args += [f"--workdir={spec.workdir}", "--label=agentic-researcher=1"]
@@ -367,9 +396,38 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
         "snapshot": plan["snapshot"],
         "gpu_device_nodes": gpu_nodes,
     }
+    cgroup, limits_info = _job_cgroup(plan.get("limits"), str(task["run_id"]))
+    info["limits"] = limits_info
+    cleanup = None
+    if cgroup is not None:
+        wrapped = cgroup.enter_argv() + wrapped
+
+        def cleanup() -> None:
+            cgroup.kill_all()
+            cgroup.remove()
+
     # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing
     # (the relay takes the job's key out of its own environment before starting bwrap).
-    return WrappedJob(wrapped, outside_env, run_dir, info)
+    return WrappedJob(wrapped, outside_env, run_dir, info, cleanup=cleanup)
+
+
+def _job_cgroup(
+    limits: Mapping[str, Any] | None, run_id: str
+) -> tuple[SessionCgroup | None, dict[str, Any]]:
+    """A cgroup for this rank holding every process of its sandbox (pids, memory, CPUs), and
+    what ``started.<rank>.json`` says of it. Without a writable cgroup tree (an unprivileged
+    runner on a node that delegates none) the job still runs, under the executor's own limits
+    (Slurm's cgroup, where the cluster has one), and the record says so."""
+    from framework.sandbox.cgroups import CgroupUnavailable, SessionCgroup
+
+    if not limits:
+        return None, {"cgroup": None, "why": "submitted without limits (an older broker)"}
+    wanted = JobLimits(int(limits["pids"]), limits.get("memory_bytes"), float(limits["cpus"]))
+    try:
+        cgroup = SessionCgroup.create(wanted, prefix=f"ar-job-{run_id}"[:60])
+    except CgroupUnavailable as exc:
+        return None, {**wanted._asdict(), "cgroup": None, "why": str(exc)}
+    return cgroup, {**wanted._asdict(), "cgroup": cgroup.version}
 
 
 def _private_network(

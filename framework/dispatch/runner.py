@@ -159,6 +159,7 @@ def run_rank(
     outcome: dict[str, Any] = {"rank": rank, "host": started["host"]}
     popen_env, cwd = env, task["cwd"]
     stop: list[str] | None = None
+    cleanup: Callable[[], None] | None = None
     if wrap is None and task.get("sandbox"):
         from framework.dispatch.jobsandbox import wrap_in_sandbox
 
@@ -178,12 +179,15 @@ def run_rank(
                 write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
                 return 126
             argv, popen_env, cwd, stop = wrapped.argv, wrapped.env, wrapped.cwd, wrapped.stop
+            cleanup = wrapped.cleanup
             started["sandbox"] = wrapped.info
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=popen_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
             )
         except OSError as exc:
+            if cleanup is not None:
+                cleanup()
             err.write(f"remote-run: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
             write_json_atomic(run_dir / f"started.{rank}.json", started)
             outcome.update(
@@ -212,6 +216,8 @@ def run_rank(
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if cleanup is not None:  # what the job left behind in its cgroup, then the cgroup
+                cleanup()
     outcome.update(code=code, time=time.time())
     write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
     return code

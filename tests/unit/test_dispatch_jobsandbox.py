@@ -94,9 +94,11 @@ def test_multi_task_bwrap_job_gets_a_private_link_never_the_node_network(tmp_pat
     env = {"RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456"}
     job = wrap_in_sandbox(["python3", "exp.py"], env, task)
     bwrap = next(i for i, a in enumerate(job.argv) if a.endswith("bwrap"))
-    relay = job.argv[:bwrap]
-    assert relay[-7:] == ["--rank", "2", "--world", "4", "--hub", "10.1.2.3:23456", "--"]
-    assert relay[3].endswith("jobnet.py")
+    if job.cleanup is not None:  # a real cgroup was made for it (root, or a delegated tree)
+        job.cleanup()
+    start = next(i for i, a in enumerate(job.argv) if a.endswith("jobnet.py"))
+    relay = job.argv[start:bwrap]
+    assert relay[1:] == ["--rank", "2", "--world", "4", "--hub", "10.1.2.3:23456", "--"]
     sandbox = job.argv[bwrap:]
     assert "--unshare-net" not in sandbox
     setenv = {sandbox[i + 1]: sandbox[i + 2] for i, a in enumerate(sandbox) if a == "--setenv"}
@@ -149,6 +151,12 @@ def test_docker_job_is_limited_to_the_cpus_and_memory_it_asked_for(tmp_path: Pat
     limits = [a for a in template[:image] if a.startswith(("--cpus", "--memory"))]
     # per task: its CPUs, and half of the node's 8 GiB (two tasks per node), swap included
     assert limits == ["--cpus=3", "--memory=4096m", "--memory-swap=4096m"]
+    assert "--pids-limit=1024" in template[:image]  # cluster.job_pids
     (tmp_path / "other").mkdir()
-    unlimited = docker_plan(tmp_path / "other")["template"]
-    assert not any(a.startswith(("--cpus", "--memory")) for a in unlimited)
+    defaults = docker_plan(tmp_path / "other")["template"]
+    # a request that names no memory gets cluster.job_memory_gb (16 GiB) and one CPU
+    assert [a for a in defaults if a.startswith(("--cpus", "--memory"))] == [
+        "--cpus=1",
+        "--memory=16384m",
+        "--memory-swap=16384m",
+    ]
