@@ -57,7 +57,7 @@ from framework.dispatch.models import (
     resolve_cwd,
     utcnow,
 )
-from framework.dispatch.runner import DIFF_NAME, log_name, prepare_run_dir, write_json_atomic
+from framework.dispatch.runner import log_name, prepare_run_dir, write_json_atomic
 from framework.dispatch.slurm import TERMINAL_SLURM_STATES, SlurmBackend, SlurmError
 from framework.dispatch.snapshot import (
     Snapshot,
@@ -359,6 +359,7 @@ class Broker:
             if request.client_token and request.client_token in self._tokens:
                 group = self._tokens[request.client_token]
                 return {"group": group, "runs": list(self._groups[group])}
+            self._check_in_flight(len(indices))
             group = new_group_id()
             records: list[RunRecord] = []
             for index in indices:
@@ -507,6 +508,11 @@ class Broker:
 
     def _check_resources(self, request: JobRequest, tasks: int) -> None:
         resources = request.resources
+        if tasks > self.settings.cluster.max_array:  # every executor, not only Slurm
+            raise RequestError(
+                "array",
+                f"an array of {tasks} tasks; cluster.max_array is {self.settings.cluster.max_array}",
+            )
         try:
             if self.executor == "local":
                 if resources.nodes > 1 or resources.tasks_per_node > 1:
@@ -530,6 +536,19 @@ class Broker:
                 else "resources.gpus"
             )
             raise RequestError(field, str(exc)) from None
+
+    def _check_in_flight(self, tasks: int) -> None:
+        """Refuse a submission that would take the runs queued or running past
+        ``cluster.max_in_flight`` (checked under the lock that adds them, so concurrent submits
+        cannot both slip under it)."""
+        limit = self.settings.cluster.max_in_flight
+        active = sum(1 for r in self._records.values() if not r.state.terminal)
+        if active + tasks > limit:
+            raise RequestError(
+                "array",
+                f"{active} runs are queued or running and this submission adds {tasks}; "
+                f"cluster.max_in_flight is {limit}. Wait for runs to end or cancel some",
+            )
 
     def _submit_to_slurm(
         self,
@@ -680,7 +699,7 @@ class Broker:
                 "group_id": record.group_id,
                 "cwd": record.cwd,
                 "snapshot_tree": record.snapshot_tree,
-                "snapshot_diff": str(Path(record.run_dir) / DIFF_NAME)
+                "snapshot_diff": str(self.paths.diff(record.group_id))
                 if record.snapshot_tree
                 else None,
                 "sandbox": record.sandbox,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 TASK_FILE = "task.json"
-DIFF_NAME = "snapshot.diff"
 PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME", "HOME", "TMPDIR")
 """With the SLURM_* allocation variables, the only host variables a job inherits: host secrets (API
 keys, tokens) never reach agent code."""
@@ -83,15 +81,13 @@ def prepare_run_dir(
 ) -> dict[str, Any]:
     """Create the run's directory when the run starts (not at submit: an array of 1,000 costs the
     broker one file, and the nodes make their own directories) with ``task.json`` (a copy for the
-    reader; the runner runs the task it is handed) and ``snapshot.diff``. Every rank of a
+    reader; the runner runs the task it is handed). The submission's diff stays where the broker
+    stored it, once for all its runs (``dispatch/groups/<group>.diff``, out of the jobs' reach):
+    a copy per run made an array of 20 runs of a 20 MiB diff cost 400 MiB. Every rank of a
     multi-task run may call it at once."""
     task = task_of(submission, position, devices)
     run_dir = Path(task["run_dir"])
     (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-    if submission.get("diff") and not (run_dir / DIFF_NAME).exists():
-        # A copy, not a link: the job can write its run dir, and must not reach the submission's
-        # diff (which every run of an array starts from) through it.
-        shutil.copyfile(submission["diff"], run_dir / DIFF_NAME)
     write_json_atomic(run_dir / TASK_FILE, task, fsync=False)
     return task
 
