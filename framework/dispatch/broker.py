@@ -93,6 +93,11 @@ _OPS: TypeAdapter[Any] = TypeAdapter(BrokerOp)
 _PER_RUN = {"run_id", "array_index", "argv", "run_dir"}
 
 
+CANCELLED_ON_REQUEST = "cancelled on request"
+CANCELLED_AT_SESSION_END = "cancelled at session end"
+CANCEL_REASONS = (CANCELLED_ON_REQUEST, CANCELLED_AT_SESSION_END)
+
+
 class BrokerError(RuntimeError):
     pass
 
@@ -384,6 +389,7 @@ class Broker:
                     sandbox=plan["runtime"] if plan else None,
                     sandbox_image=plan.get("image") if plan else None,
                     evaluation_sha256=evaluation.sha256,
+                    detach=request.detach,
                 )
                 records.append(record)
             submission = self._submission(group, records, snapshot, plan)
@@ -423,11 +429,11 @@ class Broker:
                     return records
                 self._changed.wait(timeout=left)
 
-    def cancel(self, run: str) -> list[RunRecord]:
+    def cancel(self, run: str, reason: str = CANCELLED_ON_REQUEST) -> list[RunRecord]:
         with self._lock:
             active = [r for r in self.lookup(run) if not r.state.terminal]
             for record in active:
-                record.reason = "cancelled on request"
+                record.reason = reason
         local = [r for r in active if r.executor == "local"]
         dequeued, _ = self.local.cancel_many([r.run_id for r in local])
         never_started = [r for r in local if r.run_id in dequeued]
@@ -496,6 +502,28 @@ class Broker:
         with self._lock:
             records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.run_id))
         return records[-limit:]
+
+    def end_session(self, grace_s: float = 30.0) -> list[RunRecord]:
+        """The session that submitted the runs is ending: cancel each of its runs that is still
+        queued or running and did not ask to detach, and wait up to ``grace_s`` for their ends
+        to be recorded (``run_cancelled``, reason "cancelled at session end"). Returns them."""
+        with self._lock:
+            ending = [
+                r
+                for r in self._records.values()
+                if not r.state.terminal and not r.detach and r.session_id == self.session_id
+            ]
+        # detach is per submission: one cancel per group (one scancel for a whole array).
+        for group in dict.fromkeys(r.group_id for r in ending):
+            self.cancel(group, CANCELLED_AT_SESSION_END)
+        deadline = time.monotonic() + grace_s
+        with self._changed:
+            while not all(r.state.terminal for r in ending):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(timeout=min(left, 0.5))
+        return ending
 
     def stop(self) -> None:
         self._stopping.set()
@@ -705,6 +733,7 @@ class Broker:
                 "sandbox": record.sandbox,
                 "sandbox_image": record.sandbox_image,
                 "evaluation_sha256": record.evaluation_sha256,
+                "detach": record.detach or None,
             },
         }
 
@@ -759,7 +788,7 @@ class Broker:
             record.state is RunState.queued
         ):  # the runner never started (cannot happen unless Popen failed)
             self._mark_started(record, [socket.gethostname()], [], None)
-        cancelled = record.reason == "cancelled on request"
+        cancelled = record.reason in CANCEL_REASONS
         self._finalize(
             record,
             self._exits(record),
@@ -814,11 +843,7 @@ class Broker:
                     RunState.failed,
                     f"{len(exits)} of {world} ranks reported an exit ({detail})",
                 )
-            if (
-                state is not RunState.cancelled
-                and record.reason == "cancelled on request"
-                and not exits
-            ):
+            if state is not RunState.cancelled and record.reason in CANCEL_REASONS and not exits:
                 state = RunState.cancelled
             for host in (str(e["host"]) for e in exits if e.get("host")):
                 if host not in record.nodes:
@@ -896,7 +921,7 @@ class Broker:
         if len(exits) == record.resources.world_size:
             if record.state is RunState.queued:
                 self._mark_started(record, [str(e.get("host")) for e in exits], [], None)
-            cancelled = record.reason == "cancelled on request"
+            cancelled = record.reason in CANCEL_REASONS
             self._finalize(
                 record,
                 exits,
@@ -937,7 +962,7 @@ class Broker:
             for r in active
             if r.slurm_job_id not in states
             and r.state is RunState.queued
-            and r.reason == "cancelled on request"
+            and r.reason in CANCEL_REASONS
         ]
         if unseen:
             queued = self.slurm.in_queue([r.slurm_job_id for r in unseen if r.slurm_job_id])
@@ -1184,6 +1209,13 @@ class BrokerHandle:
     env: dict[str, str]
     _server: _Server = field(repr=False)
     _thread: threading.Thread = field(repr=False)
+
+    def end_session(self) -> None:
+        """Stop serving, cancel the session's runs that did not ask to detach (recorded in the
+        ledger), then stop."""
+        self._server.shutdown()
+        self.broker.end_session()
+        self.stop()
 
     def stop(self) -> None:
         self._server.shutdown()
