@@ -396,7 +396,7 @@ def wrap_in_sandbox(argv: list[str], env: Mapping[str, str], task: Mapping[str, 
         "snapshot": plan["snapshot"],
         "gpu_device_nodes": gpu_nodes,
     }
-    cgroup, limits_info = _job_cgroup(plan.get("limits"), str(task["run_id"]))
+    cgroup, limits_info = _job_cgroup(plan.get("limits"), str(task.get("run_id", "job")))
     info["limits"] = limits_info
     cleanup = None
     if cgroup is not None:
