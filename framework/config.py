@@ -219,6 +219,23 @@ class ClusterSettings(_Section):
         "docker (a container of sandbox.image with the protections of a Docker session; the "
         "node needs the docker CLI and engine)",
     )
+    job_pids: int = Field(
+        default=1024,
+        ge=16,
+        description="most processes and threads one task of a job may have at once (its cgroup's "
+        "pids.max; Docker's --pids-limit)",
+    )
+    job_memory_gb: float | None = Field(
+        default=16.0,
+        gt=0,
+        description="memory limit of one task of a job in GiB when the request names none "
+        "(resources.mem_gb, per node, is shared by its tasks); unset: no limit",
+    )
+    max_in_flight: int = Field(
+        default=2000,
+        ge=1,
+        description="most runs of this broker queued or running at once; a submit past it is refused",
+    )
     local_devices: list[str] = Field(
         default_factory=list, description="GPU ids the local executor schedules onto"
     )

@@ -336,7 +336,15 @@ def build_context(settings: Settings, tool: str) -> PromptContext:
         modules=[m for m in MODULE_ORDER if m in enabled],
         package_manager=research.package_manager,
         cluster=ClusterContext(
-            **settings.cluster.model_dump(exclude={"local_devices", "local_workers"})
+            **settings.cluster.model_dump(
+                exclude={
+                    "local_devices",
+                    "local_workers",
+                    "job_pids",
+                    "job_memory_gb",
+                    "max_in_flight",
+                }
+            )
         ),
         commands=[
             CommandContext(

@@ -36,6 +36,7 @@ from pydantic import TypeAdapter, ValidationError
 from framework import safefs
 from framework.config import Settings
 from framework.dispatch.jobsandbox import (
+    JobSandboxError,
     JobSandboxMode,
     job_sandbox_mode,
     sandbox_plan,
@@ -61,7 +62,7 @@ from framework.dispatch.models import (
     resolve_cwd,
     utcnow,
 )
-from framework.dispatch.runner import DIFF_NAME, log_name, prepare_run_dir, write_json_atomic
+from framework.dispatch.runner import log_name, prepare_run_dir, write_json_atomic
 from framework.dispatch.slurm import TERMINAL_SLURM_STATES, SlurmBackend, SlurmError
 from framework.dispatch.snapshot import (
     Snapshot,
@@ -95,6 +96,11 @@ MAX_ARTIFACTS_LISTED = 1000
 
 _OPS: TypeAdapter[Any] = TypeAdapter(BrokerOp)
 _PER_RUN = {"run_id", "array_index", "argv", "run_dir"}
+
+
+CANCELLED_ON_REQUEST = "cancelled on request"
+CANCELLED_AT_SESSION_END = "cancelled at session end"
+CANCEL_REASONS = (CANCELLED_ON_REQUEST, CANCELLED_AT_SESSION_END)
 
 
 class BrokerError(RuntimeError):
@@ -394,20 +400,24 @@ class Broker:
         evaluation = self._evaluation()
         plan = None
         if self.job_sandbox == "required":
-            plan = sandbox_plan(
-                self.settings,
-                self.workspace,
-                cwd,
-                snapshot,
-                request.resources.world_size,
-                self.paths.sandbox_etc,
-                request.resources,
-                evaluation,
-            )
+            try:
+                plan = sandbox_plan(
+                    self.settings,
+                    self.workspace,
+                    cwd,
+                    snapshot,
+                    request.resources.world_size,
+                    self.paths.sandbox_etc,
+                    request.resources,
+                    evaluation,
+                )
+            except JobSandboxError as exc:
+                raise RequestError("request", str(exc)) from None
         with self._lock:
             if request.client_token and request.client_token in self._tokens:
                 group = self._tokens[request.client_token]
                 return {"group": group, "runs": list(self._groups[group])}
+            self._check_in_flight(len(indices))
             group = new_group_id()
             records: list[RunRecord] = []
             for index in indices:
@@ -432,6 +442,7 @@ class Broker:
                     sandbox=plan["runtime"] if plan else None,
                     sandbox_image=plan.get("image") if plan else None,
                     evaluation_sha256=evaluation.sha256,
+                    detach=request.detach,
                 )
                 records.append(record)
             submission = self._submission(group, records, snapshot, plan)
@@ -471,11 +482,11 @@ class Broker:
                     return records
                 self._changed.wait(timeout=left)
 
-    def cancel(self, run: str) -> list[RunRecord]:
+    def cancel(self, run: str, reason: str = CANCELLED_ON_REQUEST) -> list[RunRecord]:
         with self._lock:
             active = [r for r in self.lookup(run) if not r.state.terminal]
             for record in active:
-                record.reason = "cancelled on request"
+                record.reason = reason
         local = [r for r in active if r.executor == "local"]
         dequeued, _ = self.local.cancel_many([r.run_id for r in local])
         never_started = [r for r in local if r.run_id in dequeued]
@@ -551,6 +562,28 @@ class Broker:
             records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.run_id))
         return records[-limit:]
 
+    def end_session(self, grace_s: float = 30.0) -> list[RunRecord]:
+        """The session that submitted the runs is ending: cancel each of its runs that is still
+        queued or running and did not ask to detach, and wait up to ``grace_s`` for their ends
+        to be recorded (``run_cancelled``, reason "cancelled at session end"). Returns them."""
+        with self._lock:
+            ending = [
+                r
+                for r in self._records.values()
+                if not r.state.terminal and not r.detach and r.session_id == self.session_id
+            ]
+        # detach is per submission: one cancel per group (one scancel for a whole array).
+        for group in dict.fromkeys(r.group_id for r in ending):
+            self.cancel(group, CANCELLED_AT_SESSION_END)
+        deadline = time.monotonic() + grace_s
+        with self._changed:
+            while not all(r.state.terminal for r in ending):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(timeout=min(left, 0.5))
+        return ending
+
     def stop(self) -> None:
         self._stopping.set()
         self._watcher.join(timeout=5)
@@ -562,6 +595,11 @@ class Broker:
 
     def _check_resources(self, request: JobRequest, tasks: int) -> None:
         resources = request.resources
+        if tasks > self.settings.cluster.max_array:  # every executor, not only Slurm
+            raise RequestError(
+                "array",
+                f"an array of {tasks} tasks; cluster.max_array is {self.settings.cluster.max_array}",
+            )
         try:
             if self.executor == "local":
                 if resources.nodes > 1 or resources.tasks_per_node > 1:
@@ -585,6 +623,19 @@ class Broker:
                 else "resources.gpus"
             )
             raise RequestError(field, str(exc)) from None
+
+    def _check_in_flight(self, tasks: int) -> None:
+        """Refuse a submission that would take the runs queued or running past
+        ``cluster.max_in_flight`` (checked under the lock that adds them, so concurrent submits
+        cannot both slip under it)."""
+        limit = self.settings.cluster.max_in_flight
+        active = sum(1 for r in self._records.values() if not r.state.terminal)
+        if active + tasks > limit:
+            raise RequestError(
+                "array",
+                f"{active} runs are queued or running and this submission adds {tasks}; "
+                f"cluster.max_in_flight is {limit}. Wait for runs to end or cancel some",
+            )
 
     def _submit_to_slurm(
         self,
@@ -711,6 +762,11 @@ class Broker:
             "runs_dir": str(self.paths.runs),
             "diff": str(diff) if diff is not None else None,
             "sandbox": plan,
+            # The ranks' relays prove with it that they belong to this job (jobnet.py); never
+            # in a run dir, which the job can read.
+            "jobnet_key": secrets.token_hex(32)
+            if plan is not None and plan["network"] == "private"
+            else None,
             "time_limit_s": time_minutes * 60 if self.executor == "local" else None,
         }
 
@@ -730,12 +786,13 @@ class Broker:
                 "group_id": record.group_id,
                 "cwd": record.cwd,
                 "snapshot_tree": record.snapshot_tree,
-                "snapshot_diff": str(Path(record.run_dir) / DIFF_NAME)
+                "snapshot_diff": str(self.paths.diff(record.group_id))
                 if record.snapshot_tree
                 else None,
                 "sandbox": record.sandbox,
                 "sandbox_image": record.sandbox_image,
                 "evaluation_sha256": record.evaluation_sha256,
+                "detach": record.detach or None,
             },
         }
 
@@ -790,7 +847,7 @@ class Broker:
             record.state is RunState.queued
         ):  # the runner never started (cannot happen unless Popen failed)
             self._mark_started(record, [socket.gethostname()], [], None)
-        cancelled = record.reason == "cancelled on request"
+        cancelled = record.reason in CANCEL_REASONS
         self._finalize(
             record,
             self._exits(record),
@@ -847,11 +904,7 @@ class Broker:
                     RunState.failed,
                     f"{len(exits)} of {world} ranks reported an exit ({detail})",
                 )
-            if (
-                state is not RunState.cancelled
-                and record.reason == "cancelled on request"
-                and not exits
-            ):
+            if state is not RunState.cancelled and record.reason in CANCEL_REASONS and not exits:
                 state = RunState.cancelled
             for host in (str(e["host"]) for e in exits if e.get("host")):
                 if host not in record.nodes:
@@ -929,7 +982,7 @@ class Broker:
         if len(exits) == record.resources.world_size:
             if record.state is RunState.queued:
                 self._mark_started(record, [str(e.get("host")) for e in exits], [], None)
-            cancelled = record.reason == "cancelled on request"
+            cancelled = record.reason in CANCEL_REASONS
             self._finalize(
                 record,
                 exits,
@@ -970,7 +1023,7 @@ class Broker:
             for r in active
             if r.slurm_job_id not in states
             and r.state is RunState.queued
-            and r.reason == "cancelled on request"
+            and r.reason in CANCEL_REASONS
         ]
         if unseen:
             queued = self.slurm.in_queue([r.slurm_job_id for r in unseen if r.slurm_job_id])
@@ -1247,6 +1300,13 @@ class BrokerHandle:
     env: dict[str, str]
     _server: _Server = field(repr=False)
     _thread: threading.Thread = field(repr=False)
+
+    def end_session(self) -> None:
+        """Stop serving, cancel the session's runs that did not ask to detach (recorded in the
+        ledger), then stop."""
+        self._server.shutdown()
+        self.broker.end_session()
+        self.stop()
 
     def stop(self) -> None:
         self._server.shutdown()

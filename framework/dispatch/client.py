@@ -146,6 +146,8 @@ def build_request(opts: argparse.Namespace) -> dict[str, Any]:
         "tags": opts.tag,
         "client_token": os.urandom(16).hex(),
     }
+    if opts.detach:
+        request["detach"] = True
     if opts.array:
         request["array"] = parse_array(opts.array)
     if opts.name:
@@ -195,6 +197,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--env", action="append", default=[])
     s.add_argument("--cwd")
     s.add_argument("--wait", action="store_true")
+    s.add_argument(
+        "--detach",
+        action="store_true",
+        help="keep running after this session ends (default: cancelled when it ends)",
+    )
     s.add_argument("--json", action="store_true", dest="json_out")
     s.add_argument("command", nargs=argparse.REMAINDER)
     for verb in ("status", "wait", "cancel"):

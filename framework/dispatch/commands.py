@@ -271,7 +271,43 @@ def broker(workspace: WorkspaceOpt = None) -> None:
         raise fail(str(exc)) from None
 
 
+def gc(
+    older_than_days: Annotated[
+        float, typer.Option("--older-than", help="days since a run ended (or a snapshot changed)")
+    ] = 14.0,
+    max_size_gb: Annotated[
+        float | None,
+        typer.Option("--max-size", help="also remove the oldest finished runs until runs/ fits"),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="remove (default: only list)")] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Remove run directories and snapshots of finished runs by age and size. A dry run unless
+    --yes; the ledger, run records and submission diffs are kept."""
+    from framework.cli import fail, load
+    from framework.dispatch.gc import GcError, apply_gc, plan_gc
+
+    loaded = load(workspace)
+    assert loaded.settings.state_dir is not None
+    limit = None if max_size_gb is None else int(max_size_gb * 2**30)
+    try:
+        plan = plan_gc(loaded.settings.state_dir, older_than_days, limit)
+    except GcError as exc:
+        raise fail(str(exc)) from None
+    for c in plan.candidates:
+        typer.echo(f"{c.kind}\t{c.name}\t{c.bytes / 2**20:.1f} MiB\t{c.age_days:.1f} days")
+    if not yes:
+        typer.echo(
+            f"dry run: {len(plan.candidates)} to remove, {plan.total / 2**20:.1f} MiB; "
+            "--yes removes them"
+        )
+        return
+    apply_gc(loaded.settings.state_dir, plan)
+    typer.echo(f"removed {len(plan.candidates)}, {plan.freed / 2**20:.1f} MiB freed")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("broker")(broker)
+    app.command("gc")(gc)
     app.add_typer(jobs_app, name="jobs")

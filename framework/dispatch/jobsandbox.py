@@ -27,25 +27,30 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
 from framework import safefs
+from framework.dispatch.jobnet import IFNAME, KEY_VARIABLE, rank_address
 
 if TYPE_CHECKING:
     from framework.config import Settings
     from framework.dispatch.models import Resources
     from framework.dispatch.snapshot import Snapshot
     from framework.evaluation import Evaluation
+    from framework.sandbox.cgroups import SessionCgroup
     from framework.sandbox.spec import BindMount, SandboxSpec
 
 JobSandboxMode = Literal["required", "off"]
 # The default (settings.cluster.job_sandbox = "required") treats the agent as untrusted: its jobs
 # run sandboxed unless the user turns that off, and a node without the runtime fails the run.
 JobRuntime = Literal["bwrap", "docker"]
+JobNetwork = Literal["none", "private", "open"]
 
 INSIDE_HOME = "/home/agent"
+MIN_JOB_MEMORY = 16 << 20
 ARGV_PLACEHOLDER = "__AR_JOB_ARGV__"
 _ROOT_RO = ("--remount-ro", "/")
 
@@ -67,6 +72,9 @@ class WrappedJob(NamedTuple):
     pass_fds: tuple[int, ...] = ()
     """Descriptors ``argv`` mounts (bwrap's ``--ro-bind-fd``): the caller passes them to the
     process and closes them once it has started."""
+    cleanup: Callable[[], None] | None = None
+    """Call this once the job has ended, however it ended (kills what is left in its cgroup and
+    removes the cgroup)."""
 
 
 def job_sandbox_mode(settings: Settings) -> JobSandboxMode:
@@ -138,9 +146,13 @@ def sandbox_plan(
         uid, gid = container_ids("docker", workspace)  # as a Docker session would run
     else:
         uid, gid = sandbox_ids()
-    # Ranks of a multi-task job are separate sandboxes that must reach each other (MASTER_ADDR):
-    # they share the node's network; a single-task job gets loopback only.
-    network = "none" if world_size == 1 else "open"
+    network = job_network(settings, world_size)
+    if network == "private" and runtime == "docker":
+        raise JobSandboxError(
+            f"a job of {world_size} tasks needs a network of its own between its ranks, which "
+            "Docker jobs do not have yet (only bwrap jobs do, see docs/security.md); set "
+            "cluster.job_runtime = 'bwrap' for multi-task jobs"
+        )
     spec = SandboxSpec(
         argv=[ARGV_PLACEHOLDER],
         image=settings.sandbox.image if runtime == "docker" else None,
@@ -149,10 +161,14 @@ def sandbox_plan(
         uid=uid,
         gid=gid,
         home=Path(INSIDE_HOME),
-        network=network,
+        # "private": the template has no network (--unshare-net); the runner swaps that for the
+        # job's own link between its ranks (see _private_network).
+        network="open" if network == "open" else "none",
         hostname=socket.gethostname()[:63] or "node",
     )
+    limits = job_limits(settings, resources)
     plan: dict[str, Any] = {
+        "limits": limits._asdict(),
         "runtime": runtime,
         "checked_paths": checked,
         "workspace": str(workspace),
@@ -164,13 +180,42 @@ def sandbox_plan(
 
         return {
             **plan,
-            "template": docker_template(spec, resources),
+            "template": docker_template(spec, resources, limits),
             "image": spec.image,
             "uid": uid,
             "gid": gid,
             "path": SANDBOX_PATH,
         }
     return {**plan, "template": BwrapRuntime().argv(spec, None, etc_dir)}
+
+
+class JobLimits(NamedTuple):
+    """What one task of a job may use: its cgroup (bwrap jobs) or its container's limits."""
+
+    pids: int
+    memory_bytes: int | None
+    cpus: float
+
+
+def job_limits(settings: Settings, resources: Resources | None) -> JobLimits:
+    """The request's CPUs per task and its memory per node shared by the node's tasks, else the
+    defaults of ``cluster``; processes always from ``cluster.job_pids``."""
+    cluster = settings.cluster
+    cpus = float(resources.cpus if resources is not None else cluster.cpus_per_task)
+    memory_gb = cluster.job_memory_gb
+    if resources is not None and resources.mem_gb is not None:
+        memory_gb = resources.mem_gb / resources.tasks_per_node
+    memory = None if memory_gb is None else max(MIN_JOB_MEMORY, int(memory_gb * 2**30))
+    return JobLimits(pids=cluster.job_pids, memory_bytes=memory, cpus=cpus)
+
+
+def job_network(settings: Settings, world_size: int) -> JobNetwork:
+    """A single-task job gets loopback only; the ranks of a multi-task job a link of their own
+    (jobnet.py) that reaches each other and nothing else. The node's network only in an ``open``
+    session: a job never gets more than the session that submitted it."""
+    if world_size > 1 and settings.sandbox.network == "open":
+        return "open"
+    return "none" if world_size == 1 else "private"
 
 
 def _evaluation_mounts(
@@ -232,7 +277,9 @@ def _mount_point(root: Path, name: str, directory: bool) -> None:
     safefs.write_new(root, name, b"", create_dirs=True)
 
 
-def docker_template(spec: SandboxSpec, resources: Resources | None = None) -> list[str]:
+def docker_template(
+    spec: SandboxSpec, resources: Resources | None = None, limits: JobLimits | None = None
+) -> list[str]:
     """``docker run`` for a job, with the isolation of a Docker session (framework.sandbox.docker):
     all capabilities dropped but the three the image's entrypoint needs to become ``spec.uid`` for
     good, no-new-privileges, an init, a private IPC namespace, a process limit, no network (or the
@@ -245,14 +292,14 @@ def docker_template(spec: SandboxSpec, resources: Resources | None = None) -> li
     args += [f"--cap-add={cap}" for cap in ENTRYPOINT_CAPS]
     args += ["--security-opt=no-new-privileges", "--ipc=private", f"--hostname={spec.hostname}"]
     args += ["--network=host" if spec.network == "open" else "--network=none"]
-    if spec.resources.pids is not None:
-        args.append(f"--pids-limit={spec.resources.pids}")
-    if resources is not None:
+    if limits is not None:
         # One container per task: the CPUs asked per task, the node's memory shared by its tasks.
-        args.append(f"--cpus={resources.cpus}")
-        if resources.mem_gb is not None:
-            mib = max(6, int(resources.mem_gb * 1024 / resources.tasks_per_node))
+        args += [f"--pids-limit={limits.pids}", f"--cpus={limits.cpus:g}"]
+        if limits.memory_bytes is not None:
+            mib = limits.memory_bytes >> 20
             args += [f"--memory={mib}m", f"--memory-swap={mib}m"]
+    elif spec.resources.pids is not None:
+        args.append(f"--pids-limit={spec.resources.pids}")
     for tmpfs in ("/tmp", str(spec.home)):
         args.append(f"--tmpfs={tmpfs}:rw,nosuid,nodev,mode=1777")
     args += [f"--workdir={spec.workdir}", "--label=agentic-researcher=1"]
@@ -376,6 +423,13 @@ def _wrap_in_bwrap(
 ) -> WrappedJob:
     plan = task["sandbox"]
     template = _bind_by_descriptor(list(plan["template"]), opened)
+    outside_env = {"PATH": "/usr/bin:/bin"}
+    prefix: list[str] = []
+    link_env: dict[str, str] = {}
+    if plan["network"] == "private":
+        descriptors = [item.fd for item in opened]
+        template, prefix, link_env, key = _private_network(template, env, task, descriptors)
+        outside_env[KEY_VARIABLE] = key
     try:
         clear = template.index("--clearenv")
         root_ro = max(i for i in range(clear) if tuple(template[i : i + 2]) == _ROOT_RO)
@@ -395,11 +449,13 @@ def _wrap_in_bwrap(
             node_specific += ["--dev-bind", str(node), str(node)]
             gpu_nodes.append(str(node))
     inside_env = {**env, "HOME": INSIDE_HOME, "USER": "agent", "LOGNAME": "agent", "TMPDIR": "/tmp"}
+    inside_env.update(link_env)
     setenv: list[str] = []
     for name, value in sorted(inside_env.items()):
         setenv += ["--setenv", name, value]
     placeholder = template.index(ARGV_PLACEHOLDER)
     wrapped = [
+        *prefix,
         binary,
         *template[1:root_ro],
         *node_specific,
@@ -415,9 +471,74 @@ def _wrap_in_bwrap(
         "snapshot": plan["snapshot"],
         "gpu_device_nodes": gpu_nodes,
     }
-    # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing.
+    cgroup, limits_info = _job_cgroup(plan.get("limits"), str(task.get("run_id", "job")))
+    info["limits"] = limits_info
+    cleanup = None
+    if cgroup is not None:
+        wrapped = cgroup.enter_argv() + wrapped
+
+        def cleanup() -> None:
+            cgroup.kill_all()
+            cgroup.remove()
+
+    # bwrap stays in the sandbox as PID 1, whose environment is readable there: give it nothing
+    # (the relay takes the job's key out of its own environment before starting bwrap).
     fds = tuple(item.fd for item in opened)
-    return WrappedJob(wrapped, {"PATH": "/usr/bin:/bin"}, run_dir, info, pass_fds=fds)
+    return WrappedJob(wrapped, outside_env, run_dir, info, pass_fds=fds, cleanup=cleanup)
+
+
+def _job_cgroup(
+    limits: Mapping[str, Any] | None, run_id: str
+) -> tuple[SessionCgroup | None, dict[str, Any]]:
+    """A cgroup for this rank holding every process of its sandbox (pids, memory, CPUs), and
+    what ``started.<rank>.json`` says of it. Without a writable cgroup tree (an unprivileged
+    runner on a node that delegates none) the job still runs, under the executor's own limits
+    (Slurm's cgroup, where the cluster has one), and the record says so."""
+    from framework.sandbox.cgroups import CgroupUnavailable, SessionCgroup
+
+    if not limits:
+        return None, {"cgroup": None, "why": "submitted without limits (an older broker)"}
+    wanted = JobLimits(int(limits["pids"]), limits.get("memory_bytes"), float(limits["cpus"]))
+    try:
+        cgroup = SessionCgroup.create(wanted, prefix=f"ar-job-{run_id}"[:60])
+    except CgroupUnavailable as exc:
+        return None, {**wanted._asdict(), "cgroup": None, "why": str(exc)}
+    return cgroup, {**wanted._asdict(), "cgroup": cgroup.version}
+
+
+def _private_network(
+    template: list[str], env: Mapping[str, str], task: Mapping[str, Any], fds: list[int]
+) -> tuple[list[str], list[str], dict[str, str], str]:
+    """The rank's part of the job's own link (jobnet.py): the template without ``--unshare-net``
+    (bwrap then stays in the relay's network namespace), the relay's command line, what the job
+    sees (``MASTER_ADDR`` becomes rank 0's address on the link) and the job's key. The relay's hub
+    listens where the job would otherwise have met: the node's master address and port."""
+    key = task.get("jobnet_key")
+    if not key:
+        raise JobSandboxError(
+            "this multi-task job has no network key in its submission (submitted by an older "
+            "broker?); submit it again"
+        )
+    separator = template.index("--")
+    if "--unshare-net" not in template[:separator]:
+        raise JobSandboxError("the sandbox template of a private-network job has a network")
+    at = template.index("--unshare-net")
+    template = template[:at] + template[at + 1 :]
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    hub = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    relay = [sys.executable, "-I", "-S", str(Path(__file__).with_name("jobnet.py"))]
+    relay += ["--rank", str(rank), "--world", str(world), "--hub", hub]
+    for fd in fds:  # the checked mounts bwrap binds by descriptor: the relay hands them on
+        relay += ["--pass-fd", str(fd)]
+    relay.append("--")
+    link_env = {
+        "MASTER_ADDR": rank_address(0),
+        "AR_RANK_ADDR": rank_address(rank),
+        # gloo and NCCL pick the interface they listen on; only the link reaches the other ranks.
+        "GLOO_SOCKET_IFNAME": IFNAME,
+        "NCCL_SOCKET_IFNAME": IFNAME,
+    }
+    return template, relay, link_env, str(key)
 
 
 def _wrap_in_docker(

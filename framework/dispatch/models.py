@@ -106,6 +106,11 @@ class JobRequest(_Strict):
         pattern=r"^[A-Za-z0-9-]{8,64}$",
         description="idempotency key: a retried submit with the same token returns the same runs",
     )
+    detach: bool = Field(
+        default=False,
+        description="keep the runs going after the session that submitted them ends (else they "
+        "are cancelled then)",
+    )
 
     @field_validator("argv")
     @classmethod
@@ -340,6 +345,7 @@ class RunRecord(BaseModel):
     evaluation_sha256: str | None = Field(
         default=None, description="the protected paths the job ran with (framework/evaluation.py)"
     )
+    detach: bool = Field(default=False, description="outlives its session (JobRequest.detach)")
     state: RunState = RunState.queued
     submitted_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from framework import safefs
 
 TASK_FILE = "task.json"
-DIFF_NAME = "snapshot.diff"
 MAX_TASK_BYTES = 16 << 20
 PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME", "HOME", "TMPDIR")
 """With the SLURM_* allocation variables, the only host variables a job inherits: host secrets (API
@@ -87,18 +86,15 @@ def prepare_run_dir(
 ) -> dict[str, Any]:
     """Create the run's directory when the run starts (not at submit: an array of 1,000 costs the
     broker one file, and the nodes make their own directories) with ``task.json`` (a copy for the
-    reader; the runner runs the task it is handed) and ``snapshot.diff``. Every rank of a
+    reader; the runner runs the task it is handed). The submission's diff stays where the broker
+    stored it, once for all its runs (``dispatch/groups/<group>.diff``, out of the jobs' reach):
+    a copy per run made an array of 20 runs of a 20 MiB diff cost 400 MiB. Every rank of a
     multi-task run may call it at once."""
     task = task_of(submission, position, devices)
     run_dir = Path(task["run_dir"])
     # The runs dir is the host's; the run dir may already be written by another rank's job.
     run_dir.parent.mkdir(parents=True, exist_ok=True)  # host-path: the state dir's runs/
     os.close(safefs.open_directory(run_dir.parent, f"{run_dir.name}/artifacts", create=True))
-    if submission.get("diff"):
-        # A copy, not a link: the job can write its run dir, and must not reach the submission's
-        # diff (which every run of an array starts from) through it. Created O_EXCL beneath the
-        # run dir: whatever is there already (another rank's copy, a planted link) stays.
-        safefs.copy_in(Path(submission["diff"]), run_dir, DIFF_NAME)
     write_json_atomic(run_dir / TASK_FILE, task, fsync=False)
     return task
 
@@ -165,6 +161,7 @@ def run_rank(
     outcome: dict[str, Any] = {"rank": rank, "host": started["host"]}
     popen_env, cwd = env, task["cwd"]
     stop: list[str] | None = None
+    cleanup: Callable[[], None] | None = None
     if wrap is None and task.get("sandbox"):
         from framework.dispatch.jobsandbox import wrap_in_sandbox
 
@@ -190,6 +187,7 @@ def run_rank(
                 write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
                 return 126
             argv, popen_env, cwd, stop = wrapped.argv, wrapped.env, wrapped.cwd, wrapped.stop
+            cleanup = wrapped.cleanup
             started["sandbox"] = wrapped.info
             pass_fds = wrapped.pass_fds
             for fd in pass_fds:  # what bwrap mounts; ours to close once it has them
@@ -205,6 +203,8 @@ def run_rank(
                 pass_fds=pass_fds,
             )
         except OSError as exc:
+            if cleanup is not None:
+                cleanup()
             err.write(f"remote-run: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
             write_json_atomic(run_dir / f"started.{rank}.json", started)
             outcome.update(
@@ -233,6 +233,8 @@ def run_rank(
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if cleanup is not None:  # what the job left behind in its cgroup, then the cgroup
+                cleanup()
     outcome.update(code=code, time=time.time())
     write_json_atomic(run_dir / f"exit.{rank}.json", outcome)
     return code
@@ -286,6 +288,9 @@ def slurm_entry(submission_file: str, position: int) -> int:
 
     submission = json.loads(Path(submission_file).read_text())  # host-path: the broker's own file
     task = prepare_run_dir(submission, position)
+    if submission.get("jobnet_key"):
+        # Handed over in memory only: task.json in the run dir is the job's to read.
+        task = {**task, "jobnet_key": submission["jobnet_key"]}
     job_env = submitit.JobEnvironment()
     master = job_env.hostnames[0] if job_env.hostnames else "127.0.0.1"
     try:

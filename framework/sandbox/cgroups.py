@@ -16,8 +16,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from framework.sandbox.spec import Resources
+# No pydantic here: the job runner (standard library only) makes each job's cgroup with this too.
+
+
+class Resources(Protocol):
+    """The limits a cgroup is made with (framework.sandbox.spec.Resources, or a job's limits)."""
+
+    @property
+    def pids(self) -> int | None: ...
+    @property
+    def memory_bytes(self) -> int | None: ...
+    @property
+    def cpus(self) -> float | None: ...
+
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
@@ -44,8 +57,10 @@ class SessionCgroup:
     procs_files: list[Path] = field(default_factory=list)
 
     @classmethod
-    def create(cls, resources: Resources, root: Path = CGROUP_ROOT) -> SessionCgroup:
-        name = f"agentic-researcher-{uuid.uuid4().hex[:12]}"
+    def create(
+        cls, resources: Resources, root: Path = CGROUP_ROOT, prefix: str = "agentic-researcher"
+    ) -> SessionCgroup:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         if not os.access(root, os.W_OK) and not os.access(root / "pids", os.W_OK):
             raise CgroupUnavailable(f"{root} is not writable by uid {os.getuid()}")
         v2 = _v2_root(root)

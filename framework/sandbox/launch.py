@@ -128,7 +128,7 @@ class _Session:
         if self.proxy is not None:
             self.proxy.stop()
         if self.broker is not None:
-            self.broker.stop()
+            self.broker.end_session()  # no job outlives its session unless it asked to detach
         if self.bridge_dir is not None:
             shutil.rmtree(self.bridge_dir, ignore_errors=True)
 

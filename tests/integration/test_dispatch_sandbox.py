@@ -17,7 +17,6 @@ import pytest
 
 from framework.dispatch.broker import BrokerHandle, start_broker
 from framework.dispatch.client import call
-from framework.dispatch.runner import DIFF_NAME
 from tests.integration.test_dispatch_broker import ledger_of, make_settings, make_workspace
 from tests.support import require_binary, require_bwrap
 
@@ -165,10 +164,12 @@ def test_queued_job_runs_the_workspace_as_submitted_not_as_edited_later(
     assert run["state"] == "finished", output(run, "stderr")
     assert output(run) == "untracked helper\nedited before submit\n"
 
-    # The run dir holds commit + diff: applying the diff to the commit gives the sources it ran.
-    diff = Path(run["run_dir"]) / DIFF_NAME
-    # Its own copy: a job can write its run dir, and must not reach the submission's diff by a link.
-    assert diff.stat().st_nlink == 1
+    # Commit + diff: applying the diff to the commit gives the sources it ran. The diff is stored
+    # once per submission, outside every run dir (which its job can write).
+    with ledger_of(tmp_path / "state") as ledger:
+        diff = Path(ledger.run(queued).extra["snapshot_diff"])
+    assert diff.parent == tmp_path / "state" / "dispatch" / "groups"
+    assert not (Path(run["run_dir"]) / "snapshot.diff").exists()
     clone = tmp_path / "reproduced"
     subprocess.run(["git", "clone", "-q", str(workspace), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", run["git_commit"]], check=True)
@@ -232,7 +233,8 @@ def test_with_job_sandbox_off_jobs_run_unsandboxed(workspace: Path, tmp_path: Pa
         handle.stop()
     assert run["state"] == "finished" and run["sandbox"] is None
     assert (workspace / "made_by_job.txt").read_text() == "x"
-    assert (Path(run["run_dir"]) / DIFF_NAME).exists()  # still recorded for reproduction
+    with ledger_of(tmp_path / "state") as ledger:  # still recorded for reproduction
+        assert Path(ledger.run(run["run_id"]).extra["snapshot_diff"]).is_file()
 
 
 def test_node_without_bwrap_fails_the_run_with_a_reason(

@@ -14,10 +14,14 @@ from framework.dispatch import jobsandbox
 from framework.dispatch.jobsandbox import MOUNT_CHECK, docker_bind, sandbox_plan, wrap_in_sandbox
 
 
-def docker_plan(tmp_path: Path, world_size: int = 1) -> dict[str, Any]:
+def docker_plan(tmp_path: Path, world_size: int = 1, network: str = "allowlist") -> dict[str, Any]:
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    flags = {"state_dir": str(tmp_path / "state"), "cluster": {"job_runtime": "docker"}}
+    flags = {
+        "state_dir": str(tmp_path / "state"),
+        "cluster": {"job_runtime": "docker"},
+        "sandbox": {"network": network},
+    }
     settings = load_settings(workspace=workspace, flags=flags, environ={"HOME": "/nonexistent"})
     return sandbox_plan(settings.settings, workspace, workspace, None, world_size, tmp_path / "etc")
 
@@ -76,11 +80,47 @@ def test_docker_job_has_the_isolation_of_a_docker_session(
     assert job.info["runtime"] == "docker" and job.info["image"] == task["sandbox"]["image"]
 
 
-def test_multi_task_docker_job_shares_the_node_network(
+def test_multi_task_docker_job_shares_the_node_network_only_in_an_open_session(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job, _ = wrapped(tmp_path, monkeypatch, world_size=2)
+    job, _ = wrapped(tmp_path, monkeypatch, world_size=2, network="open")
     assert "--network=host" in job.argv and "--network=none" not in job.argv
+    for policy in ("allowlist", "none"):
+        (tmp_path / policy).mkdir()
+        with pytest.raises(jobsandbox.JobSandboxError, match="job_runtime = 'bwrap'"):
+            docker_plan(tmp_path / policy, world_size=2, network=policy)
+
+
+def test_multi_task_bwrap_job_gets_a_private_link_never_the_node_network(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    flags = {"state_dir": str(tmp_path / "state")}
+    settings = load_settings(workspace=workspace, flags=flags, environ={"HOME": "/nonexistent"})
+    etc = jobsandbox.write_identity_files(tmp_path / "etc")
+    plan = sandbox_plan(settings.settings, workspace, workspace, None, 4, etc)
+    assert plan["network"] == "private" and "--unshare-net" in plan["template"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    task = {"run_id": "g1", "run_dir": str(run_dir), "sandbox": plan, "jobnet_key": "k"}
+    env = {"RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456"}
+    job = wrap_in_sandbox(["python3", "exp.py"], env, task)
+    bwrap = next(i for i, a in enumerate(job.argv) if a.endswith("bwrap"))
+    if job.cleanup is not None:  # a real cgroup was made for it (root, or a delegated tree)
+        job.cleanup()
+    start = next(i for i, a in enumerate(job.argv) if a.endswith("jobnet.py"))
+    relay = job.argv[start:bwrap]
+    assert relay[1:] == ["--rank", "2", "--world", "4", "--hub", "10.1.2.3:23456", "--"]
+    sandbox = job.argv[bwrap:]
+    assert "--unshare-net" not in sandbox
+    setenv = {sandbox[i + 1]: sandbox[i + 2] for i, a in enumerate(sandbox) if a == "--setenv"}
+    assert setenv["MASTER_ADDR"] == "169.254.0.1" and setenv["AR_RANK_ADDR"] == "169.254.0.3"
+    assert setenv["GLOO_SOCKET_IFNAME"] == "ar0"
+    # the key reaches the relay only, in its environment: never argv, never the job's
+    assert job.env == {"PATH": "/usr/bin:/bin", "AR_JOBNET_KEY": "k"}
+    assert "k" not in job.argv and "AR_JOBNET_KEY" not in setenv
+    del task["jobnet_key"]
+    with pytest.raises(jobsandbox.JobSandboxError, match="no network key"):
+        wrap_in_sandbox(["python3", "exp.py"], env, task)
 
 
 def test_mount_path_with_a_comma_cannot_add_mount_options() -> None:
@@ -107,7 +147,11 @@ def test_docker_job_is_limited_to_the_cpus_and_memory_it_asked_for(tmp_path: Pat
 
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    flags = {"state_dir": str(tmp_path / "state"), "cluster": {"job_runtime": "docker"}}
+    flags = {
+        "state_dir": str(tmp_path / "state"),
+        "cluster": {"job_runtime": "docker"},
+        "sandbox": {"network": "open"},
+    }
     settings = load_settings(workspace=workspace, flags=flags, environ={"HOME": "/nonexistent"})
     resources = Resources(cpus=3, mem_gb=8, tasks_per_node=2)
     plan = sandbox_plan(
@@ -118,6 +162,12 @@ def test_docker_job_is_limited_to_the_cpus_and_memory_it_asked_for(tmp_path: Pat
     limits = [a for a in template[:image] if a.startswith(("--cpus", "--memory"))]
     # per task: its CPUs, and half of the node's 8 GiB (two tasks per node), swap included
     assert limits == ["--cpus=3", "--memory=4096m", "--memory-swap=4096m"]
+    assert "--pids-limit=1024" in template[:image]  # cluster.job_pids
     (tmp_path / "other").mkdir()
-    unlimited = docker_plan(tmp_path / "other")["template"]
-    assert not any(a.startswith(("--cpus", "--memory")) for a in unlimited)
+    defaults = docker_plan(tmp_path / "other")["template"]
+    # a request that names no memory gets cluster.job_memory_gb (16 GiB) and one CPU
+    assert [a for a in defaults if a.startswith(("--cpus", "--memory"))] == [
+        "--cpus=1",
+        "--memory=16384m",
+        "--memory-swap=16384m",
+    ]

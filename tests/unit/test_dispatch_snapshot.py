@@ -155,12 +155,18 @@ def test_wrapped_command_mounts_snapshot_read_only_and_run_dir_writable_before_r
     assert job.info["network"] == "none"
 
 
-def test_multi_task_jobs_share_the_node_network_so_ranks_can_meet(
+def test_multi_task_jobs_meet_on_a_private_link_never_the_node_network(
     workspace: Path, tmp_path: Path
 ) -> None:
     plan = plan_for(workspace, tmp_path, world_size=2)
-    job = wrap_in_sandbox(["true"], {}, {"run_dir": str(tmp_path), "sandbox": plan})
-    assert "--unshare-net" not in job.argv and job.info["network"] == "open"
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "23456"}
+    task = {"run_dir": str(tmp_path), "sandbox": plan, "jobnet_key": "k"}
+    job = wrap_in_sandbox(["true"], env, task)
+    if job.cleanup is not None:
+        job.cleanup()
+    # bwrap keeps the relay's own network namespace (jobnet.py), which has only the job's link
+    assert job.info["network"] == "private"
+    assert any(a.endswith("jobnet.py") for a in job.argv)
 
 
 def test_ignored_dir_swapped_for_a_symlink_after_submit_is_refused(
