@@ -109,7 +109,11 @@ def test_multi_task_bwrap_job_gets_a_private_link_never_the_node_network(tmp_pat
         job.cleanup()
     start = next(i for i, a in enumerate(job.argv) if a.endswith("jobnet.py"))
     relay = job.argv[start:bwrap]
-    assert relay[1:] == ["--rank", "2", "--world", "4", "--hub", "10.1.2.3:23456", "--"]
+    # the relay hands bwrap exactly the descriptors of the checked mounts, and nothing else
+    passed = [a for fd in job.pass_fds for a in ("--pass-fd", str(fd))]
+    assert relay[1:] == ["--rank", "2", "--world", "4", "--hub", "10.1.2.3:23456", *passed, "--"]
+    for fd in job.pass_fds:
+        os.close(fd)
     sandbox = job.argv[bwrap:]
     assert "--unshare-net" not in sandbox
     setenv = {sandbox[i + 1]: sandbox[i + 2] for i, a in enumerate(sandbox) if a == "--setenv"}
