@@ -379,7 +379,7 @@ def test_jobs_run_the_files_not_what_a_forged_index_says(
     record, seen, run, _, _ = _session(tmp_path, workspace, runtime, "forge_index(ws)", forge_index)
     assert seen["job"][0] == 0 and run is not None, seen
     assert Path(str(run.run_dir), "stdout.log").read_text() == "honest exp.py\n"
-    diff = Path(str(run.run_dir), "snapshot.diff").read_bytes()
+    diff = Path(run.extra["snapshot_diff"]).read_bytes()  # stored once per submission
     assert b"honest exp.py" in diff and b"forged" not in diff
     assert record.git_dirty_after
     assert not any("your own git commands" in note for note in record.notes), record.notes
