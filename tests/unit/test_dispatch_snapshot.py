@@ -140,7 +140,12 @@ def test_wrapped_command_mounts_snapshot_read_only_and_run_dir_writable_before_r
 
     assert position("--ro-bind", snapshot, str(workspace)) < position("--remount-ro", "/")
     data = str(workspace / "data")
-    assert position("--ro-bind", data, data) > position("--ro-bind", snapshot, str(workspace))
+    # The live ignored path is mounted by the descriptor the runner checked, never by its name.
+    (fd,) = [
+        argv[i + 1] for i in range(len(argv) - 2) if argv[i : i + 3 : 2] == ["--ro-bind-fd", data]
+    ]
+    assert int(fd) in job.pass_fds
+    assert position("--ro-bind-fd", fd, data) > position("--ro-bind", snapshot, str(workspace))
     assert position("--bind", str(run_dir), str(run_dir)) < position("--remount-ro", "/")
     assert "--unshare-net" in argv
     assert position("--setenv", "EXP_LR", "0.1") > position("--clearenv")

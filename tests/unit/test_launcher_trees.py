@@ -15,6 +15,7 @@ from framework.config import Settings
 from framework.prompts import OVERRIDE_DIR, PromptError, list_templates, render_files
 from framework.sandbox.launch import CLIENT_BIN_DIR, prepare_agent_home
 from framework.sandbox.runtime import SandboxError
+from framework.workspace import find_root
 
 SECRET = "host-secret-5d1c"
 
@@ -115,3 +116,15 @@ def test_a_template_override_cannot_run_code_on_the_host(workspace: Path, tmp_pa
     with pytest.raises(PromptError, match="templates are sandboxed"):
         render_files(Settings(), "claude", workspace)
     assert not marker.exists()
+
+
+def test_the_workspace_root_is_found_without_following_a_planted_marker_link(
+    tmp_path: Path, host: Path
+) -> None:
+    outer = tmp_path / "outer"
+    inner = outer / "project" / "sub"
+    inner.mkdir(parents=True)
+    (outer / ".git").mkdir()
+    (host / ".agentic-researcher").mkdir()
+    (outer / "project" / ".agentic-researcher").symlink_to(host / ".agentic-researcher")
+    assert find_root(inner) == outer, "a linked marker directory is not a marker"
