@@ -125,11 +125,12 @@ def capture(root: Path, protected: Iterable[str], store: Path) -> Evaluation:
     names = protected_names(protected)
     entries = _collect(root, names, None)
     sha = digest(entries)
+    # host-path: the evaluation store (state_dir/evaluation), host-only, read-only in jobs
     if not any(e.kind == "unsafe" for e in entries.values()) and (store / sha / MANIFEST).is_file():
         return Evaluation(sha, names, entries, store / sha)
-    store.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)  # host-path: the evaluation store
     staging = store / f".staging-{secrets.token_hex(8)}"
-    (staging / TREE).mkdir(parents=True)
+    (staging / TREE).mkdir(parents=True)  # host-path: a fresh random staging dir in the store
     try:
         entries = _collect(root, names, staging / TREE)
         unsafe = [name for name, entry in entries.items() if entry.kind == "unsafe"]
@@ -141,35 +142,37 @@ def capture(root: Path, protected: Iterable[str], store: Path) -> Evaluation:
             )
         sha = digest(entries)
         final = store / sha
-        if final.is_dir():
+        if final.is_dir():  # host-path: the evaluation store
             return Evaluation(sha, names, entries, final)
-        (staging / EMPTY_DIR).mkdir(mode=0o555)
-        (staging / EMPTY_FILE).touch(mode=0o444)
+        (staging / EMPTY_DIR).mkdir(mode=0o555)  # host-path: the staging dir in the store
+        (staging / EMPTY_FILE).touch(mode=0o444)  # host-path: the staging dir in the store
         manifest = {
             "sha256": sha,
             "protected": list(names),
             "entries": {n: [e.kind, e.sha256, e.executable] for n, e in sorted(entries.items())},
         }
+        # host-path: the staging dir in the store
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         try:
-            staging.rename(final)
+            staging.rename(final)  # host-path: the evaluation store
         except OSError:
-            if not final.is_dir():  # not a concurrent capture of the same evaluation
+            # host-path: the store; not a concurrent capture of the same evaluation
+            if not final.is_dir():
                 raise
         return Evaluation(sha, names, entries, final)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():  # host-path: the staging dir in the store
+            shutil.rmtree(staging, ignore_errors=True)  # host-path: the staging dir in the store
 
 
 def pin_session(store: Path, session_id: str, evaluation: Evaluation) -> None:
     """Name ``evaluation`` as the one the session runs with (its broker reads it, and so does a
     broker restarted for the same session)."""
     sessions = store / SESSIONS_DIR
-    sessions.mkdir(parents=True, exist_ok=True)
+    sessions.mkdir(parents=True, exist_ok=True)  # host-path: the evaluation store
     temp = sessions / f".{session_id}.{secrets.token_hex(8)}"
-    temp.write_text(evaluation.sha256 + "\n")
-    os.replace(temp, sessions / session_id)
+    temp.write_text(evaluation.sha256 + "\n")  # host-path: the evaluation store
+    os.replace(temp, sessions / session_id)  # host-path: the evaluation store
 
 
 def session_evaluation(store: Path, session_id: str) -> Evaluation | None:
@@ -178,8 +181,8 @@ def session_evaluation(store: Path, session_id: str) -> Evaluation | None:
     if not session_id or "/" in session_id or session_id.startswith("."):
         return None
     try:
-        sha = (store / SESSIONS_DIR / session_id).read_text().strip()
-        data = json.loads((store / sha / MANIFEST).read_text())
+        sha = (store / SESSIONS_DIR / session_id).read_text().strip()  # host-path: the store
+        data = json.loads((store / sha / MANIFEST).read_text())  # host-path: the store
     except (OSError, ValueError):
         return None
     entries = {n: Entry(kind, h, bool(x)) for n, (kind, h, x) in data["entries"].items()}
@@ -251,6 +254,7 @@ def _collect(root: Path, names: tuple[str, ...], copy_into: Path | None) -> dict
         elif stat.S_ISDIR(info.st_mode):
             entries[name] = Entry("dir")
             if copy_into is not None:
+                # host-path: the staging dir in the store (the name is a real entry, no '..')
                 (copy_into / name).mkdir(mode=0o755, parents=True)
             _collect_tree(root, name, copy_into, entries)
         elif stat.S_ISREG(info.st_mode):
@@ -272,7 +276,7 @@ def _collect_tree(root: Path, top: str, copy_into: Path | None, entries: dict[st
             if stat.S_ISDIR(info.st_mode):
                 entries[name] = Entry("dir")
                 if copy_into is not None:
-                    (copy_into / name).mkdir(mode=0o755)
+                    (copy_into / name).mkdir(mode=0o755)  # host-path: the staging dir in the store
             elif fd is not None:
                 with os.fdopen(os.dup(fd), "rb") as fh:
                     entries[name] = _file(fh, copy_into, name)
@@ -289,11 +293,11 @@ def _file(fh: io.BufferedReader, copy_into: Path | None, name: str) -> Entry:
     if copy_into is None:
         return Entry("file", hashlib.file_digest(fh, "sha256").hexdigest(), executable)
     target = copy_into / name
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # host-path: the staging dir
     hasher = hashlib.sha256()
     with open(target, "xb") as out:  # host-path: the pristine copy in the host's state dir
         while chunk := fh.read(_CHUNK):
             hasher.update(chunk)
             out.write(chunk)
-    os.chmod(target, 0o755 if executable else 0o644)
+    os.chmod(target, 0o755 if executable else 0o644)  # host-path: the staging dir in the store
     return Entry("file", hasher.hexdigest(), executable)

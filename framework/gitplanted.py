@@ -246,7 +246,7 @@ def _nested_repositories(repo: Path) -> list[PlantedEntry]:
                 index = b""
             if index:
                 copy = view.scratch / "agent-index"
-                copy.write_bytes(index)
+                copy.write_bytes(index)  # host-path: the host's scratch dir of the view
                 listing = hostgit.run(
                     repo,
                     "ls-files",

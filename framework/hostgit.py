@@ -201,9 +201,9 @@ def sandbox_argv(
     ]
     for name in _ROOT_DIRS:
         host = Path("/") / name
-        if host.is_symlink():
-            args += ["--symlink", os.readlink(host), f"/{name}"]
-        elif host.is_dir():
+        if host.is_symlink():  # host-path: the host's /bin, /lib... (system dirs)
+            args += ["--symlink", os.readlink(host), f"/{name}"]  # host-path: a system dir
+        elif host.is_dir():  # host-path: a system dir
             args += ["--ro-bind", str(host), f"/{name}"]
     args += ["--dev", "/dev", "--dir", "/etc"]
     # Git starts a child git for some work on nested repositories (``git add`` runs ``git
@@ -404,17 +404,19 @@ def content_view(repo: Path, parent: Path | None = None) -> Iterator[View]:
     and trees) go to the scratch directory; the agent's objects are only read."""
     _binaries()  # refuse before creating anything when git cannot run confined
     if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)  # host-path: a host-owned dir (the store)
     scratch = Path(tempfile.mkdtemp(prefix=".hostgit-", dir=parent))
     try:
         git_dir = scratch / "git"
         for sub in ("refs", "objects/info", "info"):
-            (git_dir / sub).mkdir(parents=True)
-        (git_dir / "HEAD").write_text("ref: refs/heads/host-view\n")
-        (git_dir / "config").write_text(GIT_CONFIG)
-        (git_dir / "info" / "attributes").write_bytes(b"")
+            (git_dir / sub).mkdir(parents=True)  # host-path: the scratch dir
+        (git_dir / "HEAD").write_text("ref: refs/heads/host-view\n")  # host-path: the scratch dir
+        (git_dir / "config").write_text(GIT_CONFIG)  # host-path: the scratch dir
+        (git_dir / "info" / "attributes").write_bytes(b"")  # host-path: the scratch dir
+        # host-path: the scratch dir (the excludes are read through safefs)
         (git_dir / "info" / "exclude").write_bytes(_agent_excludes(repo))
-        (git_dir / "objects" / "info" / "alternates").write_text(f"{repo / '.git' / 'objects'}\n")
+        alternates = git_dir / "objects" / "info" / "alternates"
+        alternates.write_text(f"{repo / '.git' / 'objects'}\n")  # host-path: the scratch dir
         view = View(repo=repo, scratch=scratch, commit=read_head(repo))
         if view.commit is not None:
             read = view.run("read-tree", view.commit)
@@ -422,7 +424,7 @@ def content_view(repo: Path, parent: Path | None = None) -> Iterator[View]:
                 raise UnreadableHead(view.commit, read.stderr.strip())
         yield view
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)  # host-path: the scratch dir
 
 
 def _agent_excludes(repo: Path) -> bytes:

@@ -255,10 +255,10 @@ def init_workspace(path: Path, tool: str | None, force: bool) -> InitReport:
     if tool is not None and tool not in TOOLS:
         raise InitError(f"unknown tool {tool!r}; choose one of: {', '.join(TOOLS)}")
     root = path.expanduser().absolute()
-    if root.exists() and not root.is_dir():
+    if root.exists() and not root.is_dir():  # host-path: the directory the user named for init
         raise InitError(f"{root} exists and is not a directory; pass a directory to init")
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)  # host-path: the directory the user named for init
     except OSError as exc:
         raise InitError(f"cannot create {root}: {exc.strerror}") from None
 

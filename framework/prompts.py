@@ -27,6 +27,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from pydantic import BaseModel, ConfigDict
 
 from framework import safefs
@@ -210,7 +211,7 @@ def package_dir() -> Path:
         candidates.extend(Path(p) for p in spec.submodule_search_locations)
     candidates.append(Path(__file__).resolve().parent.parent / "prompts")
     for candidate in candidates:
-        if (candidate / INSTRUCTIONS_TEMPLATE).is_file():
+        if (candidate / INSTRUCTIONS_TEMPLATE).is_file():  # host-path: the installed package
             return candidate
     raise PromptError(
         f"the packaged methodology templates are missing (no {INSTRUCTIONS_TEMPLATE} in "
@@ -218,46 +219,97 @@ def package_dir() -> Path:
     )
 
 
-def override_dir(workspace: Path | None) -> Path | None:
-    return None if workspace is None else workspace / OVERRIDE_DIR
-
-
-def _names_in(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        return []
+def packaged_names() -> list[str]:
+    directory = package_dir()
     return sorted(
-        p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
+        p.name
+        for p in directory.iterdir()  # host-path: the installed package's templates
+        if p.name.endswith(TEMPLATE_SUFFIX)
+        and not p.name.startswith((".", "_"))
+        and p.is_file()  # host-path: the installed package's templates
     )
 
 
-def packaged_names() -> list[str]:
-    return [n for n in _names_in(package_dir()) if n.endswith(TEMPLATE_SUFFIX)]
+MAX_OVERRIDE_BYTES = 1 << 20
+"""The largest template override read from the workspace."""
+
+
+def override_names(workspace: Path | None) -> list[str]:
+    """The template overrides in the workspace, which holds what the agent wrote: listed and
+    checked through :mod:`framework.safefs`. A link (or anything but a regular file) there, or a
+    link on the way to the directory, is an error: following it would render a host file into the
+    agent's instructions."""
+    if workspace is None:
+        return []
+    shown_dir = workspace / OVERRIDE_DIR
+    try:
+        names = [n for n in safefs.listdir(workspace, OVERRIDE_DIR) if not n.startswith((".", "_"))]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise PromptError(
+            f"{shown_dir} cannot be read safely ({exc.strerror}); a session may have planted a "
+            "link there: inspect it, remove the link, and render again"
+        ) from None
+    unsafe = [n for n in names if not safefs.is_regular_file(workspace, OVERRIDE_DIR / n)]
+    if unsafe:
+        raise PromptError(
+            f"{shown_dir}: {', '.join(map(repr, unsafe))} are not regular files (links are never "
+            "followed; a session may have planted them); replace each with the template itself, "
+            "or remove it"
+        )
+    return names
+
+
+class _OverrideLoader(jinja2.BaseLoader):
+    """Template overrides read beneath the workspace through no link, bounded in size."""
+
+    def __init__(self, workspace: Path, names: list[str]) -> None:
+        self.workspace = workspace
+        self.names = set(names)
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self.names:
+            raise jinja2.TemplateNotFound(template)
+        relative = OVERRIDE_DIR / template
+        try:
+            data = safefs.read_bytes(self.workspace, relative, limit=MAX_OVERRIDE_BYTES)
+        except OSError as exc:
+            raise PromptError(
+                f"{self.workspace / relative} cannot be read safely ({exc.strerror}); replace "
+                "it with the template itself, or remove it"
+            ) from None
+        return data.decode("utf-8", errors="replace"), str(self.workspace / relative), lambda: False
 
 
 def list_templates(workspace: Path | None) -> list[tuple[str, str]]:
     """(template name, origin) for every packaged template; origin is 'package' or the override file."""
-    overrides = override_dir(workspace)
+    overrides = set(override_names(workspace))
     rows = []
     for name in packaged_names():
-        candidate = overrides / name if overrides else None
-        rows.append((name, str(candidate) if candidate and candidate.is_file() else "package"))
+        origin = str(workspace / OVERRIDE_DIR / name) if workspace and name in overrides else None
+        rows.append((name, origin or "package"))
     return rows
 
 
 def _environment(workspace: Path | None) -> jinja2.Environment:
+    """The templates' environment, sandboxed: an override is the workspace's (the agent can have
+    written it), and a template must not reach Python beyond the plain data it is given."""
     known = set(packaged_names())
-    search = [str(package_dir())]
-    overrides = override_dir(workspace)
-    if overrides is not None and overrides.is_dir():
-        stray = [n for n in _names_in(overrides) if n not in known]
+    loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(package_dir()))]
+    overrides = override_names(workspace)
+    if workspace is not None and overrides:
+        stray = [n for n in overrides if n not in known]
         if stray:
             raise PromptError(
-                f"{overrides}: {', '.join(stray)} match no packaged template, so they would be ignored; "
+                f"{workspace / OVERRIDE_DIR}: {', '.join(stray)} match no packaged template, so they would be ignored; "
                 "rename each to one of the names `agentic-researcher prompts list` prints, or remove it"
             )
-        search.insert(0, str(overrides))
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(search),
+        loaders.insert(0, _OverrideLoader(workspace, overrides))
+    return SandboxedEnvironment(
+        loader=jinja2.ChoiceLoader(loaders),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -292,6 +344,12 @@ def _render(env: jinja2.Environment, name: str, variables: Mapping[str, Any]) ->
         raise PromptError(
             f"{where}: {exc.message} (while rendering {name}); use only the variables listed in "
             "docs/methodology.md, or define it with {% set %}"
+        ) from None
+    except SecurityError as exc:
+        where = _template_location(exc) or name
+        raise PromptError(
+            f"{where}: {exc} (while rendering {name}); templates are sandboxed and see only the "
+            "variables listed in docs/methodology.md, never Python internals"
         ) from None
     except jinja2.TemplateNotFound as exc:
         raise PromptError(
@@ -415,7 +473,7 @@ def render_for_tool(
 ) -> list[Path]:
     """Render the methodology for ``tool`` into ``out_dir``; returns the files written."""
     files = render_files(settings, tool, workspace)
-    if out_dir.exists() and not out_dir.is_dir():
+    if out_dir.exists() and not out_dir.is_dir():  # host-path: the --out the user named
         raise PromptError(
             f"output {out_dir} exists and is not a directory; pass a directory to --out"
         )

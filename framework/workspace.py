@@ -17,14 +17,26 @@ class WorkspaceError(RuntimeError):
 
 
 def find_root(start: Path | None = None) -> Path:
-    """The enclosing git work tree, or ``start`` itself when it is not in a repository."""
+    """The enclosing git work tree, or ``start`` itself when it is not in a repository. The
+    markers are looked at without following links: a workspace's names are the agent's, and a
+    planted ``.git`` link must not make the host look at what it points to."""
     here = (start or Path.cwd()).resolve()
-    if not here.is_dir():
+    if not here.is_dir():  # host-path: the directory the user named (resolved, no link)
         raise WorkspaceError(f"workspace {here} is not a directory")
     for candidate in (here, *here.parents):
-        if (candidate / ".git").exists() or (candidate / WORKSPACE_DIR_NAME).is_dir():
+        if _entry(candidate, ".git") is not None:
+            return candidate
+        marker = _entry(candidate, WORKSPACE_DIR_NAME)
+        if marker is not None and stat.S_ISDIR(marker.st_mode):
             return candidate
     return here
+
+
+def _entry(directory: Path, name: str) -> os.stat_result | None:
+    try:
+        return safefs.stat_beneath(directory, name)
+    except OSError:  # unreadable, or not a directory after all: no marker here
+        return None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ dot-directories are never involved.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -65,15 +66,16 @@ class AgentProfile:
         return dict(self.env)
 
     def prepare_home(self, home: Path) -> None:
-        """Create the state paths so bind mounts and first runs find them."""
+        """Create the state paths so bind mounts and first runs find them. The home is the
+        agent's: a link on the way raises :class:`~framework.safefs.UnsafePath`, and anything
+        already at a file's name (a dangling link included) is left as it is, never written
+        through."""
         for rel in self.state_paths:
-            path = home / rel
             if rel.endswith(".json"):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if not path.exists():
-                    path.write_text("{}\n")
+                with contextlib.suppress(FileExistsError):
+                    safefs.write_new(home, rel, b"{}\n", create_dirs=True)
             else:
-                path.mkdir(parents=True, exist_ok=True)
+                os.close(safefs.open_directory(home, rel, create=True))
 
     def transcript_state(self, home: Path) -> dict[Path, tuple[int, int]]:
         """Size and mtime (ns) of each transcript under ``home``: taken before a session, it tells

@@ -9,6 +9,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
+from framework import safefs
 from framework.agents.base import AgentInvocation, AgentProfile
 
 DATABASE = ".local/share/opencode/opencode.db"
@@ -38,7 +39,11 @@ class OpenCodeProfile(AgentProfile):
         changed = super().changed_transcripts(home, before)
         pair = [home / DATABASE, home / (DATABASE + "-wal")]
         if any(path in changed for path in pair):
-            changed += [path for path in pair if path not in changed and path.is_file()]
+            changed += [
+                path
+                for path in pair
+                if path not in changed and safefs.is_regular_file(home, path.relative_to(home))
+            ]
         return sorted(changed)
 
     def prune_copies(self, copies: list[Path], since: datetime) -> None:

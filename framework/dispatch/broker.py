@@ -186,7 +186,9 @@ def _open_channel(channel: Path) -> int:
     write there (the agent's uid, if an older version handed it the directory; another user who
     made ``/tmp/ar-broker-*`` first) could put a socket of their own where clients look."""
     try:
-        fd = os.open(channel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(
+            channel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )  # host-path: the host-owned channel dir, O_NOFOLLOW
     except FileNotFoundError:
         raise BrokerError(
             f"no broker channel at {channel}: no broker has run for this workspace; start one "
@@ -215,7 +217,9 @@ def trusted_socket(paths: DispatchPaths) -> Path:
     swap the socket between this check and the connect."""
     fd = _open_channel(paths.channel)
     try:
-        info = os.stat(SOCKET_NAME, dir_fd=fd, follow_symlinks=False)
+        info = os.stat(
+            SOCKET_NAME, dir_fd=fd, follow_symlinks=False
+        )  # host-path: dir_fd of the checked channel, no link followed
     except FileNotFoundError:
         return paths.socket  # the broker may be starting; the client retries for a while
     finally:
@@ -1249,7 +1253,10 @@ INTERNAL_ERROR = "the broker failed on this request (details in its broker-error
 def _log_error(path: Path) -> None:
     import traceback
 
-    with contextlib.suppress(OSError), path.open("a") as log:
+    with (
+        contextlib.suppress(OSError),
+        path.open("a") as log,
+    ):  # host-path: dispatch/broker-errors.log, the host's
         log.write(f"{utcnow().isoformat()}\n{traceback.format_exc()}\n")
 
 
@@ -1363,7 +1370,7 @@ def start_broker(
     server = _Server(sock, broker)
     # The agent may run as another uid (Docker); the 0700 directory keeps every other user of the
     # host away from the socket, and a sandbox is given the socket alone.
-    os.chmod(sock, 0o666)
+    os.chmod(sock, 0o666)  # host-path: the socket just bound in the host's 0700 dir
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="broker", daemon=True
     )

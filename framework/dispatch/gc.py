@@ -62,15 +62,23 @@ def load_records(paths: DispatchPaths) -> dict[str, RunRecord]:
     """Every run the broker knows of: the submissions as submitted, overridden by the per-run
     records written at each state change (as the broker reloads them)."""
     records: dict[str, RunRecord] = {}
-    for path in sorted(paths.groups.glob("*.json")) if paths.groups.is_dir() else []:
+    for path in (
+        sorted(paths.groups.glob("*.json")) if paths.groups.is_dir() else []
+    ):  # host-path: the broker's groups/
         try:
-            for record in _records_of(json.loads(path.read_text())):
+            for record in _records_of(
+                json.loads(path.read_text())
+            ):  # host-path: the broker's own submission
                 records[record.run_id] = record
         except (OSError, ValueError, TypeError, KeyError):
             continue
-    for path in sorted(paths.records.glob("*.json")) if paths.records.is_dir() else []:
+    for path in (
+        sorted(paths.records.glob("*.json")) if paths.records.is_dir() else []
+    ):  # host-path: the broker's records/
         try:
-            record = RunRecord.model_validate_json(path.read_text())
+            record = RunRecord.model_validate_json(
+                path.read_text()
+            )  # host-path: the broker's own record
         except (OSError, ValidationError):
             continue
         records[record.run_id] = record
@@ -104,7 +112,9 @@ def plan_gc(
     records = load_records(paths)
     plan = GcPlan()
     runs_root = paths.runs
-    present = set(safefs.listdir(runs_root)) if runs_root.is_dir() else set()
+    present = (
+        set(safefs.listdir(runs_root)) if runs_root.is_dir() else set()
+    )  # host-path: the host's runs/ (entries via safefs)
     finished: list[tuple[float, Candidate]] = []
     kept_bytes = 0
     for run_id in sorted(present):
@@ -129,7 +139,9 @@ def plan_gc(
             break  # the rest are younger still
     in_use = {r.snapshot_tree for r in records.values() if not r.state.terminal}
     snapshots = paths.snapshots
-    for name in sorted(safefs.listdir(snapshots)) if snapshots.is_dir() else []:
+    for name in (
+        sorted(safefs.listdir(snapshots)) if snapshots.is_dir() else []
+    ):  # host-path: the host's snapshot store
         if not _TREE.fullmatch(name) or name in in_use:
             continue
         info = safefs.stat_beneath(snapshots, name)

@@ -123,10 +123,12 @@ def enter_private_network(rank: int) -> int:
             "namespaces may be disabled on this node (sysctl user.max_user_namespaces)"
         ) from None
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as fh:
+        with open(f"/proc/self/{name}", "w") as fh:  # host-path: this process's own /proc/self maps
             fh.write(text)
     try:
-        tun = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        tun = os.open(
+            "/dev/net/tun", os.O_RDWR | os.O_CLOEXEC
+        )  # host-path: the kernel's TUN device
     except OSError as exc:
         raise JobNetError(
             f"cannot open /dev/net/tun ({exc.strerror}): multi-task jobs need the TUN device, "

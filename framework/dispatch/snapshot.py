@@ -57,7 +57,7 @@ class Snapshot:
     def store_diff(self, path: Path) -> Path:
         """Write the diff to ``path``, once per submission: each run copies it into its run dir
         as ``snapshot.diff`` when it starts (see runner.prepare_run_dir)."""
-        path.write_bytes(self.diff)
+        path.write_bytes(self.diff)  # host-path: the broker's submission dir in the state dir
         return path
 
 
@@ -77,7 +77,7 @@ def take_snapshot(workspace: Path, store: Path) -> Snapshot:
     a copy of the agent's ``.git/index``), so every file is hashed from its contents and a
     forged stat cache cannot make the snapshot hold anything but what is on disk."""
     workspace = workspace.resolve()
-    store.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)  # host-path: the snapshot store (state_dir)
     try:
         with hostgit.content_view(workspace, parent=store) as view:
             tree = _working_tree(view)
@@ -118,24 +118,26 @@ def _working_tree(view: hostgit.View) -> str:
 
 def _materialize(view: hostgit.View, store: Path, tree: str) -> Path:
     root = store / tree
-    if root.is_dir():
+    if root.is_dir():  # host-path: the snapshot store, read-only in jobs
         return root
     staging = store / f".{tree}.{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True)  # host-path: a fresh random staging dir in the snapshot store
     try:
         with (
             view.stream("archive", "--format=tar", tree, limit=MAX_SNAPSHOT_BYTES) as out,
+            # host-path: no path: a tar stream read from git's pipe
             tarfile.open(fileobj=out, mode="r|") as archive,  # type: ignore[call-overload]
         ):
             _extract(archive, staging)
         try:
-            staging.rename(root)
+            staging.rename(root)  # host-path: the snapshot store
         except OSError:
-            if not root.is_dir():  # not a concurrent submit that won the race
+            # host-path: the snapshot store; not a concurrent submit that won the race
+            if not root.is_dir():
                 raise
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():  # host-path: the staging dir in the snapshot store
+            shutil.rmtree(staging, ignore_errors=True)  # host-path: the staging dir
     return root
 
 
@@ -201,21 +203,18 @@ def _reached_without_links(workspace: Path, relative: str) -> bool:
 
 
 def _placeholder(root: Path, relative: str, workspace: Path) -> None:
-    """An empty file or directory in the copy, where the live ignored path gets mounted."""
-    target = root / relative
-    if target.exists() or target.is_symlink():
-        return
-    current = root
-    for part in Path(relative).parts[:-1]:
-        current = current / part
-        if current.is_symlink():
-            return  # never create anything through a link the copy contains
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """An empty file or directory in the copy, where the live ignored path gets mounted. The copy
+    holds the links the agent committed: nothing is created through one (safefs)."""
+    try:
+        if safefs.stat_beneath(root, relative) is not None:
+            return  # something (a link included) is already there
+    except OSError:
+        return  # a link or a file on the way: never create anything through it
     try:
         live = safefs.stat_beneath(workspace, relative)
     except OSError:
         live = None
     if live is not None and stat.S_ISDIR(live.st_mode):
-        target.mkdir(exist_ok=True)
+        os.close(safefs.open_directory(root, relative, create=True))
     else:
-        target.touch()
+        safefs.write_new(root, relative, b"", create_dirs=True)

@@ -60,7 +60,7 @@ def apt_mirrors(sources: Iterable[Path]) -> tuple[str | None, str | None]:
     uris: list[str] = []
     for path in _source_files(sources):
         try:
-            text = path.read_text(errors="replace")
+            text = path.read_text(errors="replace")  # host-path: the host's apt sources (/etc/apt)
         except OSError:
             continue
         for line in text.splitlines():
@@ -77,11 +77,14 @@ def apt_mirrors(sources: Iterable[Path]) -> tuple[str | None, str | None]:
 
 def _source_files(sources: Iterable[Path]) -> Iterator[Path]:
     for source in sources:
-        if source.is_dir():
+        if source.is_dir():  # host-path: the host's apt sources
             yield from sorted(
-                p for p in source.iterdir() if p.suffix in (".list", ".sources") and p.is_file()
+                # host-path: the host's apt sources
+                p
+                for p in source.iterdir()
+                if p.suffix in (".list", ".sources") and p.is_file()
             )
-        elif source.is_file():
+        elif source.is_file():  # host-path: the host's apt sources
             yield source
 
 
@@ -103,6 +106,7 @@ def _npmrc_registry(env: Mapping[str, str], home: Path) -> str | None:
     user = Path(env.get("NPM_CONFIG_USERCONFIG") or home / ".npmrc")
     for npmrc in (user, Path("/etc/npmrc"), Path("/usr/etc/npmrc"), Path("/usr/local/etc/npmrc")):
         try:
+            # host-path: the host user's and the system's npmrc
             lines = npmrc.read_text(errors="replace").splitlines()
         except OSError:
             continue
@@ -146,12 +150,12 @@ def _shareable_url(value: str | None) -> str | None:
 
 def local_ca_certificates(ca_dir: Path) -> str | None:
     """The PEM certificates added to this host's trust store, concatenated."""
-    if not ca_dir.is_dir():
+    if not ca_dir.is_dir():  # host-path: the host's CA store (/usr/local/share)
         return None
     pems = []
-    for path in sorted(ca_dir.rglob("*.crt")):
+    for path in sorted(ca_dir.rglob("*.crt")):  # host-path: the host's CA store
         try:
-            text = path.read_text(errors="replace").strip()
+            text = path.read_text(errors="replace").strip()  # host-path: the host's CA store
         except OSError:
             continue
         if "-----BEGIN CERTIFICATE-----" in text:
@@ -188,6 +192,7 @@ def build_image(
     """
     from framework.sandbox.runtime import SandboxError
 
+    # host-path: the image build context in the checkout
     if not (CONTAINER_DIR / "Dockerfile").is_file():
         raise SandboxError(
             f"no Dockerfile in {CONTAINER_DIR}; is the package installed from a checkout?"

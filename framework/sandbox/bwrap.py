@@ -120,9 +120,10 @@ class BwrapRuntime:
             args.append("--unshare-net")
         for name in ROOT_DIRS:
             host = Path("/") / name
-            if host.is_symlink():
+            if host.is_symlink():  # host-path: the host's /bin, /lib... (system dirs)
+                # host-path: a system dir's own link
                 args += ["--symlink", os.readlink(host), f"/{name}"]
-            elif host.is_dir():
+            elif host.is_dir():  # host-path: a system dir
                 args += ["--ro-bind", str(host), f"/{name}"]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
         args += ["--tmpfs", "/etc"]
@@ -154,10 +155,11 @@ class BwrapRuntime:
             raise SandboxError("bwrap is not installed: apt-get install bubblewrap")
         with tempfile.TemporaryDirectory(prefix="ar-etc-") as tmp:
             etc = Path(tmp)
-            (etc / "passwd").write_text(
+            (etc / "passwd").write_text(  # host-path: the launcher's own TemporaryDirectory
                 f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
                 f"agent:x:{spec.uid}:{spec.gid}:agent:{spec.home}:/bin/bash\n"
             )
+            # host-path: the launcher's own TemporaryDirectory
             (etc / "group").write_text(f"root:x:0:\nagent:x:{spec.gid}:\n")
             argv = self.argv(spec, bridge_dir, etc)
             return self._execute(spec, argv, stdio)

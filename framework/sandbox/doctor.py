@@ -19,14 +19,15 @@ class Check:
 def _user_namespaces() -> Check:
     limit = Path("/proc/sys/user/max_user_namespaces")
     legacy = Path("/proc/sys/kernel/unprivileged_userns_clone")
-    if limit.exists() and limit.read_text().strip() == "0":
+    if limit.exists() and limit.read_text().strip() == "0":  # host-path: /proc/sys
         return Check("user namespaces", False, "user.max_user_namespaces = 0 (bwrap cannot run)")
-    if legacy.exists() and legacy.read_text().strip() == "0":
+    if legacy.exists() and legacy.read_text().strip() == "0":  # host-path: /proc/sys
         return Check("user namespaces", False, "kernel.unprivileged_userns_clone = 0")
     return Check("user namespaces", True, "enabled")
 
 
 def _cgroups() -> Check:
+    # host-path: /sys/fs/cgroup
     mode = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1/hybrid"
     ok, detail = cgroup_support()
     return Check(f"cgroups ({mode})", ok, detail)

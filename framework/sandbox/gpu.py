@@ -37,11 +37,11 @@ def nvidia_device_nodes(dev: Path = Path("/dev")) -> tuple[list[int], list[Path]
     """GPU indices present under ``dev`` and the control device nodes that exist."""
     indices = sorted(
         int(m.group(1))
-        for p in dev.glob("nvidia*")
+        for p in dev.glob("nvidia*")  # host-path: /dev
         if (m := re.fullmatch(r"nvidia(\d+)", p.name)) is not None
     )
-    controls = [dev / name for name in CONTROL_DEVICES if (dev / name).exists()]
-    if (dev / "nvidia-caps").is_dir():
+    controls = [dev / name for name in CONTROL_DEVICES if (dev / name).exists()]  # host-path: /dev
+    if (dev / "nvidia-caps").is_dir():  # host-path: /dev
         controls.append(dev / "nvidia-caps")
     return indices, controls
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -130,6 +131,7 @@ class _Session:
         if self.broker is not None:
             self.broker.end_session()  # no job outlives its session unless it asked to detach
         if self.bridge_dir is not None:
+            # host-path: the launcher's own mkdtemp dir, mounted read-only in the sandbox
             shutil.rmtree(self.bridge_dir, ignore_errors=True)
 
     def close_ledger(self) -> None:
@@ -179,6 +181,7 @@ def launch(
     )
     argv = request.command or profile.argv(how)
     uid, gid = sandbox_ids(runtime_name, root)
+    # host-path: the workspace root itself, resolved from the path the user named
     if runtime_name != "bwrap" and os.getuid() == 0 and root.stat().st_uid == 0:
         raise SandboxError(
             f"workspace {root} is owned by root, and in a container the agent runs as uid {uid}, "
@@ -310,6 +313,7 @@ def _finish(
     )
     session_dir = store.path(record.id)
     profile.prune_copies([session_dir / name for name in copied], record.started_at)
+    # host-path: the session store, which no sandbox mounts
     record.transcripts += [name for name in copied if (session_dir / name).is_file()]
     store.save(record)
 
@@ -328,32 +332,50 @@ def sandbox_ids(runtime: str, workspace: Path) -> tuple[int, int]:
         return os.getuid(), os.getgid()
     if runtime == "bwrap":
         return 1000, 1000
-    st = workspace.stat()
+    st = workspace.stat()  # host-path: the workspace root itself, resolved from the user's path
     if st.st_uid != 0:
         return st.st_uid, st.st_gid
     return 1000, 1000
 
 
 def prepare_agent_home(profile: AgentProfile, home: Path, uid: int, gid: int) -> None:
-    """Create the agent's state paths, owned (when we can) by the host uid the agent maps to."""
+    """Create the agent's state paths, owned (when we can) by the host uid the agent maps to.
+
+    Everything inside the home is the agent's (and a detached session may still be writing it):
+    each step goes through safefs, so a link planted there (``.claude -> /etc``, a dangling
+    ``.claude.json -> /etc/cron.d/x``) is neither written through nor chowned through, and a
+    link on the way to a state path refuses the launch."""
+    # host-path: state_dir/agent-home/<tool> itself (its parent is the host's; no sandbox has it)
     home.mkdir(parents=True, exist_ok=True)
-    profile.prepare_home(home)
-    _put_client_on_login_path(home)
-    if os.getuid() == 0:
-        for path in [home, *home.rglob("*")]:
-            if path.lstat().st_uid != uid:
-                os.lchown(path, uid, gid)
+    try:
+        profile.prepare_home(home)
+        _put_client_on_login_path(home)
+        if os.getuid() == 0:
+            safefs.chown_tree(home, "", uid, gid)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot prepare the agent home {home}: {exc.filename}: {exc.strerror}; a session "
+            "may have planted a link or special file there. Inspect it, remove it, and launch "
+            "again"
+        ) from None
+
+
+MAX_PROFILE_BYTES = 1 << 20
+"""The largest ``~/.profile`` of the agent home kept when the client's PATH line is added."""
 
 
 def _put_client_on_login_path(home: Path) -> None:
     """Login shells (Codex runs commands with ``bash -lc``) rebuild PATH from /etc/profile, which
-    drops the launcher's PATH; ~/.profile puts the ``remote-run`` directory back in front."""
+    drops the launcher's PATH; ~/.profile puts the ``remote-run`` directory back in front. A link
+    (or special or oversized file) at ``.profile`` is replaced by the line alone, never read or
+    written through."""
     line = f'export PATH="{CLIENT_BIN_DIR}:$PATH"  # agentic-researcher: remote-run\n'
-    profile = home / ".profile"
-    current = profile.read_text() if profile.is_file() and not profile.is_symlink() else ""
+    try:
+        current = safefs.read_text(home, ".profile", limit=MAX_PROFILE_BYTES)
+    except (FileNotFoundError, safefs.UnsafePath):
+        current = ""
     if line not in current:
-        profile.unlink(missing_ok=True)
-        profile.write_text(current + line)
+        safefs.replace(home, ".profile", (current + line).encode())
 
 
 def workspace_mounts(workspace: Workspace) -> list[BindMount]:
@@ -369,8 +391,7 @@ def workspace_mounts(workspace: Workspace) -> list[BindMount]:
     pinned: set[Path] = set()
     for name in protected_names(workspace.settings.research.protected_paths):
         path = root / name
-        _refuse_symlinks(root, path)
-        if not path.exists():
+        if _lstat_refusing_links(root, name) is None:
             continue
         for ancestor in reversed(Path(name).parents[:-1]):
             if ancestor not in pinned:
@@ -454,21 +475,34 @@ GIT_WARNINGS_SHOWN = 5
 """Planted git indirections named in the terminal warning; the ledger event lists all."""
 
 
-def _refuse_symlinks(root: Path, path: Path) -> None:
-    current = root
-    for part in path.relative_to(root).parts:
-        current = current / part
-        if current.is_symlink():
+def _lstat_refusing_links(root: Path, name: str) -> os.stat_result | None:
+    """The protected path ``root/name`` as it is (None when absent), reached through no link: a
+    link at it or on the way refuses the launch."""
+    parts = Path(name).parts
+    info = None
+    for depth in range(1, len(parts) + 1):
+        current = Path(*parts[:depth])
+        try:
+            info = safefs.stat_beneath(root, current)
+        except safefs.UnsafePath as exc:  # a component checked above was swapped meanwhile
             raise SandboxError(
-                f"protected path {current} is a symlink (to {os.readlink(current)}); a session "
-                "may have planted it. Inspect it, replace it with the real file or directory, "
-                "and launch again"
+                f"protected path {shown(str(root / name))} cannot be reached safely "
+                f"({exc.strerror}); inspect it and launch again"
+            ) from None
+        if info is None or (depth < len(parts) and stat.S_ISREG(info.st_mode)):
+            return None  # absent (a file where a directory on the way would be)
+        if stat.S_ISLNK(info.st_mode):
+            raise SandboxError(
+                f"protected path {shown(str(root / current))} is a symlink; a session may have "
+                "planted it. Inspect it, replace it with the real file or directory, and launch "
+                "again"
             )
+    return info
 
 
 def _user_mount(mount: Mount) -> BindMount:
     source = mount.source.resolve()
-    if not source.exists():
+    if not source.exists():  # host-path: a mount source the user named in settings or --mount
         raise SandboxError(
             f"mount source {mount.source} does not exist; fix --mount or sandbox.mounts"
         )
@@ -492,9 +526,9 @@ def _network(
     if network != "allowlist":
         return []
     bridge = Path(tempfile.mkdtemp(prefix="ar-bridge-"))
-    os.chmod(bridge, 0o755)
+    os.chmod(bridge, 0o755)  # host-path: the launcher's own mkdtemp dir, read-only inside
     session.bridge_dir = bridge
-    shutil.copyfile(FORWARDER, bridge / "forward.py")
+    shutil.copyfile(FORWARDER, bridge / "forward.py")  # host-path: package file to that dir
     proxy = EgressProxy(
         allowlist=list(settings.sandbox.network_allowlist),
         ports=frozenset(settings.sandbox.network_ports),
@@ -578,9 +612,9 @@ def _save_output(
     store: SessionStore, record: SessionRecord, out: bytes | None, err: bytes | None
 ) -> None:
     directory = store.path(record.id)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "stdout.txt").write_bytes(out or b"")
-    (directory / "stderr.txt").write_bytes(err or b"")
+    directory.mkdir(parents=True, exist_ok=True)  # host-path: the session store
+    (directory / "stdout.txt").write_bytes(out or b"")  # host-path: the session store
+    (directory / "stderr.txt").write_bytes(err or b"")  # host-path: the session store
 
 
 def query_version(runtime_name: str, spec: SandboxSpec, profile: AgentProfile) -> str | None:

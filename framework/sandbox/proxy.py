@@ -118,7 +118,7 @@ class EgressProxy:
 
         server = self._run(open_server())
         # The agent may run as another uid (Docker); the socket's directory is private to the session.
-        os.chmod(path, 0o666)
+        os.chmod(path, 0o666)  # host-path: a socket the proxy made in the launcher's bridge dir
         self._servers.append(_Server(path, server))
         return path
 
@@ -143,7 +143,7 @@ class EgressProxy:
         self._loop = None
         for entry in self._servers:
             with contextlib.suppress(FileNotFoundError):
-                entry.path.unlink()
+                entry.path.unlink()  # host-path: the proxy's own socket in the bridge dir
         self._servers.clear()
 
     async def _resolve(self, host: str, port: int) -> str:

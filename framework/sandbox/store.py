@@ -67,30 +67,32 @@ class SessionStore:
 
     def save(self, record: SessionRecord) -> Path:
         directory = self.path(record.id)
+        # host-path: the session store (state_dir/sessions), which no sandbox mounts
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / SESSION_FILE
         tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(record.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, target)
+        tmp.write_text(record.model_dump_json(indent=2) + "\n")  # host-path: the session store
+        os.replace(tmp, target)  # host-path: the session store
         return target
 
     def load(self, session_id: str) -> SessionRecord:
         file = self.path(session_id) / SESSION_FILE
-        if not file.is_file():
+        if not file.is_file():  # host-path: the session store
             known = ", ".join(r.id for r in self.records()[-5:]) or "none yet"
             raise SessionError(
                 f"no session {session_id!r} in {self.root} (latest: {known}); "
                 "`agentic-researcher sessions list` shows them all"
             )
-        return SessionRecord.model_validate_json(file.read_text())
+        return SessionRecord.model_validate_json(file.read_text())  # host-path: the session store
 
     def records(self) -> list[SessionRecord]:
-        if not self.root.is_dir():
+        if not self.root.is_dir():  # host-path: the session store
             return []
         records = []
-        for directory in sorted(self.root.iterdir()):
+        for directory in sorted(self.root.iterdir()):  # host-path: the session store
             file = directory / SESSION_FILE
-            if file.is_file():
+            if file.is_file():  # host-path: the session store
+                # host-path: the session store
                 records.append(SessionRecord.model_validate_json(file.read_text()))
         return sorted(records, key=lambda r: r.started_at)
 

@@ -172,7 +172,18 @@ def test_workspace_mounts_pin_every_ancestor_and_create_nothing(tmp_path: Path) 
 def test_workspace_mounts_refuse_a_protected_path_that_is_a_symlink(tmp_path: Path) -> None:
     ws = _workspace(tmp_path)
     (ws.root / "eval").symlink_to("/")
-    with pytest.raises(SandboxError, match=r"protected path .*eval is a symlink \(to /\)"):
+    with pytest.raises(SandboxError, match=r"protected path .*/eval is a symlink"):
+        workspace_mounts(ws)
+
+
+def test_workspace_mounts_refuse_a_link_in_place_of_a_protected_paths_ancestor(
+    tmp_path: Path,
+) -> None:
+    ws = _workspace(tmp_path)
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    (ws.root / "tests").symlink_to(tmp_path / "elsewhere")
+    ws.settings.research.protected_paths = ["tests/data/"]
+    with pytest.raises(SandboxError, match=r"protected path .*/tests is a symlink"):
         workspace_mounts(ws)
 
 
