@@ -4,6 +4,7 @@ the ranks of a job reach each other and nothing else, and a real torch.distribut
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -99,7 +100,8 @@ class HostService:
         self.server = socket.create_server(("0.0.0.0", 0))
         self.port = self.server.getsockname()[1]
         self.accepted: list[Any] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -121,7 +123,12 @@ class HostService:
         return [f"{a}:{self.port}" for a in addresses]
 
     def close(self) -> None:
+        # close() alone leaves accept() blocked; shutdown wakes it. No thread may outlive the test:
+        # the audit forks its workers only in a process without other threads.
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
+        self.thread.join(timeout=5)
 
 
 @pytest.fixture
