@@ -317,6 +317,14 @@ def ledger_compare(
     Console().print(table)
 
 
+def for_output(data: bytes, terminal: bool) -> bytes:
+    """Export bytes as written, for files and pipes; on a terminal, with the control characters
+    a job may have put in names and values escaped (they would drive the terminal)."""
+    from framework.textsafe import multi_line
+
+    return multi_line(data.decode("utf-8", "replace")).encode() if terminal else data
+
+
 def ledger_export(
     fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json or parquet")] = "csv",
     out: Annotated[
@@ -354,7 +362,7 @@ def ledger_export(
     except OSError as exc:
         raise fail(f"cannot write {out}: {exc.strerror}") from None
     if data is not None:
-        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.write(for_output(data, sys.stdout.isatty()))
         sys.stdout.flush()
     else:
         typer.echo(f"wrote {len(rows)} {'event' if events else 'run'}(s) to {out}", err=True)

@@ -123,15 +123,34 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(columns)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string a job wrote that starts like a formula
+    (``=HYPERLINK(...)``, ``+``, ``-``, ``@``) gets a leading apostrophe; numbers, and strings
+    that are numbers (``-0.5``), are left alone."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def export_rows(rows: list[dict[str, Any]], fmt: ExportFormat, out: Path | None) -> bytes | None:
     """Write rows as CSV, JSON or Parquet to ``out``; with no ``out``, return the bytes (CSV/JSON only)."""
     if fmt == "json":
         data = (json.dumps(rows, indent=2) + "\n").encode()
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=_columns(rows), extrasaction="raise")
-        writer.writeheader()
-        writer.writerows(rows)
+        # Column names come from metric and parameter names a job chose: guarded like the cells.
+        columns = _columns(rows)
+        writer = csv.writer(buffer)
+        writer.writerow([spreadsheet_safe(name) for name in columns])
+        for row in rows:
+            writer.writerow([spreadsheet_safe(row.get(name, "")) for name in columns])
         data = buffer.getvalue().encode()
     elif fmt == "parquet":
         if out is None:
