@@ -57,7 +57,6 @@ from framework.dispatch.models import (
     SubmitOp,
     WaitOp,
     bounded_copy,
-    decode_bounded,
     decode_request,
     describe_validation_error,
     resolve_cwd,
@@ -865,8 +864,8 @@ class Broker:
         for rank in range(record.resources.world_size):
             name = f"exit.{rank}.json"
             if safefs.is_regular_file(Path(record.run_dir), name):
-                with contextlib.suppress(OSError, RequestError):
-                    loaded = decode_bounded(_read_run_file(Path(record.run_dir), name), name)
+                with contextlib.suppress(OSError, json.JSONDecodeError):
+                    loaded = json.loads(_read_run_file(Path(record.run_dir), name))
                     if isinstance(loaded, dict):  # the job may have written anything there
                         exits.append(loaded)
         return exits
@@ -957,12 +956,7 @@ class Broker:
             if not active:
                 continue
             for record in active:
-                # One run's files are the job's to write: whatever goes wrong reading them must
-                # not end this thread, which is the only one that finishes Slurm runs.
-                try:
-                    self._check_files(record)
-                except Exception:
-                    _log_error(self.paths.errors_log)
+                self._check_files(record)
             if time.monotonic() - last_sacct >= SLURM_POLL_S:
                 last_sacct = time.monotonic()
                 try:
@@ -981,9 +975,9 @@ class Broker:
             if started:
                 nodes: list[str] = []
                 for name in started:
-                    with contextlib.suppress(OSError, RequestError, AttributeError):
-                        host = decode_bounded(_read_run_file(run_dir, name), name).get("host")
-                        if isinstance(host, str) and host not in nodes:
+                    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+                        host = json.loads(_read_run_file(run_dir, name)).get("host")
+                        if host and host not in nodes:
                             nodes.append(host)
                 self._mark_started(record, nodes, [], None)
         exits = self._exits(record)
@@ -1208,9 +1202,8 @@ def _results(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
     """The job's metrics and artifacts, read from its run dir through no link: a link planted as
     ``metrics.json`` or ``artifacts/`` (to another project's credentials, say) lands nowhere."""
     metrics: dict[str, Any] | None = None
-    with contextlib.suppress(OSError, RequestError):
-        raw = safefs.read_text(run_dir, "metrics.json", limit=MAX_METRICS_BYTES)
-        loaded = decode_bounded(raw, "metrics.json")  # the job wrote it: any bytes, any depth
+    with contextlib.suppress(OSError, json.JSONDecodeError, ValueError):
+        loaded = json.loads(safefs.read_text(run_dir, "metrics.json", limit=MAX_METRICS_BYTES))
         if isinstance(loaded, dict):
             metrics = loaded
     artifacts: list[str] = []

@@ -197,27 +197,19 @@ def decode_request(raw: bytes) -> Any:
     bytes come from the sandbox."""
     if len(raw) > MAX_REQUEST_BYTES:
         raise RequestError("request", f"larger than the limit of {MAX_REQUEST_BYTES} bytes")
-    return decode_bounded(raw, "request")
-
-
-def decode_bounded(raw: bytes | str, what: str) -> Any:
-    """Strict, depth-bounded JSON of something the sandbox or a job wrote (a request, a run
-    directory's ``metrics.json`` or ``exit.N.json``): :class:`RequestError` naming ``what`` for
-    anything that is not JSON nested at most :data:`MAX_NESTING` deep, never another exception."""
     try:
         # Decoded here, strictly: given bytes, json would also guess UTF-16 and UTF-32.
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except RecursionError:  # the decoder's own depth limit, far past ours
-        raise RequestError(what, f"nested deeper than {MAX_NESTING} levels") from None
+        raise RequestError("request", f"nested deeper than {MAX_NESTING} levels") from None
     except ValueError as exc:  # also UnicodeDecodeError, and an integer past the digit limit
-        raise RequestError(what, f"not valid JSON ({exc}); send one JSON object") from None
+        raise RequestError("request", f"not valid JSON ({exc}); send one JSON object") from None
     pending: list[tuple[Any, int]] = [(data, 0)]
     while pending:  # a loop, not recursion: the depth is what is being bounded
         item, depth = pending.pop()
         if isinstance(item, dict | list):
             if depth == MAX_NESTING:
-                raise RequestError(what, f"nested deeper than {MAX_NESTING} levels")
+                raise RequestError("request", f"nested deeper than {MAX_NESTING} levels")
             children = item.values() if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
     return data
